@@ -1,0 +1,109 @@
+"""Settings read once from environment variables and validated at start-up."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(name: str, raw: str) -> float:
+    """`90`, `90s`, `5m`, `1h`, `250ms` -> seconds."""
+    match = _DURATION.match(raw.strip())
+    if not match:
+        raise ConfigError(f"{name}={raw!r}: expected a duration such as 30s, 5m or 1h")
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ConfigError(f"{name}={raw!r}: must be positive")
+    return seconds
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected true or false")
+
+
+def _parse_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected an integer") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r}: must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    github_base_url: str = "https://github.com"
+    registry_dir: Path = Path("/var/lib/plugin-operator/registry")
+    cache_dir: Path = Path("/var/cache/plugin-operator")
+    allow_unpinned: bool = False
+    max_dir_bytes: int = 100 * 1024 * 1024
+    fetch_timeout: float = 300.0
+    resolve_timeout: float = 30.0
+    resolve_cache_ttl: float = 10.0
+    per_host_concurrency: int = 4
+    drift_sweep_interval: float = 3600.0
+    reconcile_interval: float = 600.0
+    pod_concurrency: int = 8
+    exec_timeout: float = 120.0
+    database_url: str | None = None
+    pull_endpoint: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        base = get("GITHUB_BASE_URL") or defaults.github_base_url
+        parts = urlsplit(base)
+        if parts.scheme not in ("https", "http", "file") or (parts.scheme != "file" and not parts.hostname):
+            raise ConfigError(f"GITHUB_BASE_URL={base!r}: expected an http(s) URL such as https://github.com")
+        if parts.username or parts.password:
+            raise ConfigError("GITHUB_BASE_URL must not carry credentials; use a git credential helper")
+
+        def dur(name: str, default: float) -> float:
+            raw = get(name)
+            return default if raw is None else parse_duration(name, raw)
+
+        def num(name: str, default: int) -> int:
+            raw = get(name)
+            return default if raw is None else _parse_int(name, raw)
+
+        return cls(
+            github_base_url=base.rstrip("/"),
+            registry_dir=Path(get("PLUGIN_REGISTRY_DIR") or defaults.registry_dir),
+            cache_dir=Path(get("PLUGIN_CACHE_DIR") or defaults.cache_dir),
+            allow_unpinned=_parse_bool("PLUGIN_ALLOW_UNPINNED", get("PLUGIN_ALLOW_UNPINNED") or "false"),
+            max_dir_bytes=num("PLUGIN_INSTALL_MAX_DIR_BYTES", defaults.max_dir_bytes),
+            fetch_timeout=dur("PLUGIN_INSTALL_FETCH_TIMEOUT", defaults.fetch_timeout),
+            resolve_timeout=dur("PLUGIN_RESOLVE_TIMEOUT", defaults.resolve_timeout),
+            resolve_cache_ttl=dur("PLUGIN_RESOLVE_CACHE_TTL", defaults.resolve_cache_ttl),
+            per_host_concurrency=num("PLUGIN_GIT_HOST_CONCURRENCY", defaults.per_host_concurrency),
+            drift_sweep_interval=dur("DRIFT_SWEEP_INTERVAL", defaults.drift_sweep_interval),
+            reconcile_interval=dur("PLUGIN_RECONCILE_INTERVAL", defaults.reconcile_interval),
+            pod_concurrency=num("PLUGIN_POD_CONCURRENCY", defaults.pod_concurrency),
+            exec_timeout=dur("PLUGIN_EXEC_TIMEOUT", defaults.exec_timeout),
+            database_url=get("DATABASE_URL"),
+            pull_endpoint=get("PLUGIN_PULL_ENDPOINT") or "",
+        )
