@@ -29,10 +29,23 @@ cache_ok() {
   [ -x "$BIN_DIR/kube-controller-manager" ] && "$BIN_DIR/kube-controller-manager" --version 2>/dev/null | grep -q "$K8S_VERSION" || return 1
   [ -x "$BIN_DIR/kubectl" ] && "$BIN_DIR/kubectl" version --client 2>/dev/null | grep -q "$K8S_VERSION" || return 1
   [ -x "$BIN_DIR/kwok" ] && "$BIN_DIR/kwok" --version >/dev/null 2>&1 || return 1
-  [ -s "$BIN_DIR/kwok-stages.yaml" ] || return 1
 }
 
-if cache_ok; then
+# kwok's stock "fast" stages (the same set as its kustomize/stage/fast):
+# nodes become Ready and pods Running at once. Cheap to (re)write.
+write_stages() {
+  local src="$GOMODCACHE/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage" out="$BIN_DIR/kwok-stages.fast.yaml"
+  [ -s "$out" ] && return 0
+  [ -d "$src" ] || (cd /tmp && go mod download "sigs.k8s.io/kwok@$KWOK_VERSION" >>"$LOG" 2>&1) \
+    || { log "could not download sigs.k8s.io/kwok@$KWOK_VERSION (see $LOG)"; return 1; }
+  local f tmp="$out.tmp.$$"
+  for f in "$src"/node/fast/*.yaml "$src"/node/heartbeat-with-lease/*.yaml "$src"/pod/fast/*.yaml; do
+    case "$(basename "$f")" in kustomization.yaml) continue ;; esac
+    cat "$f"; echo "---"
+  done >"$tmp" && mv "$tmp" "$out"
+}
+
+if cache_ok && write_stages; then
   echo "$BIN_DIR"
   exit 0
 fi
@@ -81,14 +94,9 @@ done
 
 log "kwok $KWOK_VERSION"
 run env GOBIN="$STAGE/out" go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-KWOK_SRC="$GOMODCACHE/sigs.k8s.io/kwok@$KWOK_VERSION"
-# The stock "fast" stages: nodes become Ready, pods Running, at once.
-STAGES="$(find "$KWOK_SRC/kustomize/stage" -path '*fast*' -name '*.yaml' ! -name kustomization.yaml | sort)"
-[ -n "$STAGES" ] || { log "no stock stages found under $KWOK_SRC/kustomize/stage"; exit 1; }
-for f in $STAGES; do cat "$f"; echo "---"; done >"$STAGE/out/kwok-stages.yaml"
-
 rm -rf "$BIN_DIR" && mkdir -p "$(dirname "$BIN_DIR")"
 mv "$STAGE/out" "$BIN_DIR"
 cache_ok || { log "built binaries fail their --version check (see $LOG)"; exit 1; }
+write_stages
 log "done: $BIN_DIR"
 echo "$BIN_DIR"
