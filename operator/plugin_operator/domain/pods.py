@@ -1,0 +1,73 @@
+"""Which pods of a workspace get a plugin, in which container and where.
+
+Pure functions over pod objects as plain mappings (the API's JSON shape).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+WORKSPACE_LABEL = "plugins.workspace.dev/workspace"
+RUNTIME_LABEL = "plugins.workspace.dev/runtime"
+DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
+DEFAULT_CONFIGS_DIR = "/configs"
+_SAFE_DIR = re.compile(r"^/[A-Za-z0-9._/@+-]{0,1023}$")
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    name: str
+    container: str | None
+    configs_dir: str
+    ready: bool
+    external: bool
+    problem: str | None = None
+
+
+def _get(obj: Mapping[str, Any], *path: str) -> Any:
+    cur: Any = obj
+    for key in path:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(key)
+    return cur
+
+
+def configs_dir(container: Mapping[str, Any]) -> str:
+    """The container's CONFIGS_DIR env value when the pod spec declares one."""
+    for env in container.get("env") or []:
+        if env.get("name") == "CONFIGS_DIR" and isinstance(env.get("value"), str) and env["value"]:
+            return str(env["value"])
+    return DEFAULT_CONFIGS_DIR
+
+
+def plan_pod(pod: Mapping[str, Any], wanted_container: str | None) -> PodPlan:
+    name = str(_get(pod, "metadata", "name"))
+    labels = _get(pod, "metadata", "labels") or {}
+    annotations = _get(pod, "metadata", "annotations") or {}
+    external = labels.get(RUNTIME_LABEL) == "external"
+    containers: Sequence[Mapping[str, Any]] = _get(pod, "spec", "containers") or []
+    chosen = wanted_container or annotations.get(DEFAULT_CONTAINER_ANNOTATION)
+    container = next((c for c in containers if c.get("name") == chosen), None) if chosen else None
+    if container is None and not wanted_container and containers:
+        container = containers[0]
+    running = _get(pod, "status", "phase") == "Running" and not _get(pod, "metadata", "deletionTimestamp")
+    if container is None:
+        return PodPlan(name, None, DEFAULT_CONFIGS_DIR, running, external, f"no container named {chosen!r}")
+    directory = configs_dir(container)
+    if not _SAFE_DIR.match(directory) or "/../" in f"{directory}/":
+        return PodPlan(name, container.get("name"), directory, running, external, "CONFIGS_DIR is not a clean path")
+    statuses = _get(pod, "status", "containerStatuses") or []
+    started = any(s.get("name") == container.get("name") and s.get("ready") for s in statuses) or not statuses
+    return PodPlan(name, str(container.get("name")), directory.rstrip("/") or "/", running and started, external)
+
+
+def owner_of(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of the pod's controller (StatefulSet or ReplicaSet)."""
+    for ref in _get(pod, "metadata", "ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("kind")), str(ref.get("name"))
+    return None

@@ -1,0 +1,1 @@
+"""Kubernetes API adapter: the calls the operator makes besides kopf's own."""
