@@ -68,7 +68,10 @@ class Kube:
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)  # type: ignore[no-any-return]
+            found: dict[str, Any] = await self._call(
+                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+            )
+            return found
         except ApiException as exc:
             if exc.status == 404:
                 return None
