@@ -66,6 +66,15 @@ class Settings:
     database_url: str | None = None
     pull_endpoint: str = ""
 
+    def redacted(self) -> str:
+        """The settings for a log line: never the database password."""
+        shown = {k: v for k, v in vars(self).items() if k != "database_url"}
+        if self.database_url:
+            url = urlsplit(self.database_url)
+            host = url.hostname or ""
+            shown["database_url"] = f"{url.scheme}://{url.username or ''}:***@{host}:{url.port or ''}{url.path}"
+        return ", ".join(f"{k}={v}" for k, v in shown.items())
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env

@@ -1,0 +1,6 @@
+"""kopf glue only: decorators, kwargs -> reconcilers, error mapping.
+
+Importing this package registers every handler.
+"""
+
+from plugin_operator.handlers import installs, startup  # noqa: F401

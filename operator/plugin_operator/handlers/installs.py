@@ -1,0 +1,87 @@
+"""PluginInstall handlers: every trigger runs the same level-triggered
+reconcile; deletion runs the uninstall behind the operator's finalizer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from plugin_operator import GROUP, VERSION
+from plugin_operator.config import Settings
+from plugin_operator.domain.pods import WORKSPACE_LABEL
+from plugin_operator.kube.api import INSTALLS
+from plugin_operator.reconcile.install import Deps, Outcome, reconcile_install, uninstall
+
+log = logging.getLogger(__name__)
+_SETTINGS = Settings.from_env()
+
+
+def _raise_for(outcome: Outcome) -> None:
+    if outcome.retry_after is not None:
+        raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
+
+
+@kopf.on.resume(GROUP, VERSION, INSTALLS)
+@kopf.on.create(GROUP, VERSION, INSTALLS)
+@kopf.on.update(GROUP, VERSION, INSTALLS, field="spec")
+async def install_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    _raise_for(await reconcile_install(memo.deps, namespace, name))
+
+
+@kopf.timer(GROUP, VERSION, INSTALLS, interval=_SETTINGS.reconcile_interval, initial_delay=_SETTINGS.reconcile_interval)
+async def install_periodic(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    # Level-triggered safety net: drifted pods, pods missed while down.
+    await reconcile_install(memo.deps, namespace, name)
+
+
+@kopf.on.delete(GROUP, VERSION, INSTALLS)
+async def install_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    outcome = await uninstall(memo.deps, dict(body))
+    _raise_for(outcome)
+    await _kick_workspace(memo.deps, body["metadata"]["namespace"], (body.get("spec") or {}).get("workspace"))
+
+
+# -- pods arriving -------------------------------------------------------------------
+# A pod that starts running (a new replica, a recreated pod) gets the recorded
+# plugins at once. Only the first Running sighting of a pod uid kicks, so
+# status churn and rollouts do not loop.
+
+_seen_running: set[str] = set()
+_pending_kicks: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+
+async def _kick_workspace(deps: Deps, namespace: str, workspace: str | None, delay: float = 1.0) -> None:
+    if not workspace:
+        return
+    key = (namespace, workspace)
+    if key in _pending_kicks:
+        return
+
+    async def later() -> None:
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            _pending_kicks.pop(key, None)
+        for install in await deps.kube.list(INSTALLS, namespace):
+            if (install.get("spec") or {}).get("workspace") == workspace:
+                await reconcile_install(deps, namespace, install["metadata"]["name"])
+
+    _pending_kicks[key] = asyncio.create_task(later())
+
+
+@kopf.on.event("", "v1", "pods", labels={WORKSPACE_LABEL: kopf.PRESENT})
+async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    pod = event["object"]
+    uid = pod["metadata"].get("uid", "")
+    if event["type"] == "DELETED":
+        _seen_running.discard(uid)
+        return
+    running = (pod.get("status") or {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp")
+    if not running or uid in _seen_running:
+        return
+    _seen_running.add(uid)
+    workspace = (pod["metadata"].get("labels") or {}).get(WORKSPACE_LABEL)
+    await _kick_workspace(memo.deps, pod["metadata"]["namespace"], workspace)

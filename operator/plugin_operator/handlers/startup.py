@@ -1,0 +1,63 @@
+"""Operator settings and the clients every handler shares (through memo)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from plugin_operator import GROUP
+from plugin_operator.config import Settings
+from plugin_operator.delivery.exec import PodExecutor
+from plugin_operator.git.resolver import Resolver
+from plugin_operator.kube.api import Kube, load_config
+from plugin_operator.mirror.service import MirrorService
+from plugin_operator.reconcile.install import Deps, Emit
+from plugin_operator.reconcile.restart import Restarter
+from plugin_operator.staging import Stager
+
+log = logging.getLogger(__name__)
+
+
+def _emitter(obj: Mapping[str, Any]) -> Emit:
+    def emit(type_: str, reason: str, message: str) -> None:
+        kopf.event(dict(obj), type=type_, reason=reason, message=message[:1024])
+
+    return emit
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = Settings.from_env()
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.batching.error_delays = [1, 2, 5, 10, 30, 60, 120]
+
+    load_config()
+    kube = Kube()
+    resolver = Resolver(config)
+    memo.deps = Deps(
+        settings=config,
+        kube=kube,
+        resolver=resolver,
+        stager=Stager(config, resolver),
+        executor=PodExecutor(concurrency=config.pod_concurrency, timeout=config.exec_timeout),
+        mirror=await MirrorService.start(config.database_url),
+        restarter=Restarter(kube.rollout_restart),
+        emitter=_emitter,
+    )
+    memo.settings = config
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    deps: Deps | None = getattr(memo, "deps", None)
+    if deps is not None:
+        await deps.mirror.close()

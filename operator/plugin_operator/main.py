@@ -1,0 +1,26 @@
+"""Entry point of the operator process: kopf settings, clients, handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import kopf
+
+from plugin_operator import handlers  # noqa: F401 - registers the kopf handlers
+from plugin_operator.config import Settings
+
+
+def run(*, namespaces: list[str], liveness: str | None, peering: str | None) -> int:
+    settings = Settings.from_env()  # fails fast with a message naming the variable
+    logging.getLogger(__name__).info("starting with %s", settings.redacted())
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=peering is None,
+            peering_name=peering,
+            liveness_endpoint=liveness,
+        )
+    )
+    return 0
