@@ -1,0 +1,202 @@
+"""A hardened runner for the `git` CLI (design §8).
+
+- argv lists only, never a shell; callers put `--end-of-options` before any
+  user-derived value;
+- a scrubbed environment: no system or global config, an empty HOME, no
+  prompts, no askpass, `GIT_ALLOW_PROTOCOL` limited to the scheme of the
+  configured base URL, hooks and fsmonitor disabled;
+- each command runs in its own process group; on timeout or cancellation the
+  whole group is killed, so no `git-remote-https` helper is left behind;
+- anything that reaches an error message has credentials scrubbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from plugin_operator.config import Settings
+from plugin_operator.domain.errors import RefNotFound, RepositoryNotFound, SourceUnreachable
+
+# Passed through from the operator's environment: proxies and CA bundles.
+_PASSTHROUGH = (
+    "PATH",
+    "LANG",
+    "TZ",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "GIT_SSL_CAINFO",
+)
+_MAX_MESSAGE = 2000
+_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+_HEADER_SECRETS = re.compile(r"(?i)(authorization:\s*\S+\s+)\S+")
+
+
+def scrub(text: str) -> str:
+    """Remove credentials from URLs and auth headers, and bound the length."""
+    text = _CREDENTIALS.sub(r"\1***@", text)
+    text = _HEADER_SECRETS.sub(r"\1***", text)
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + " …"
+
+
+class GitError(Exception):
+    """git exited non-zero. `stderr` is already scrubbed."""
+
+    def __init__(self, args: Sequence[str], returncode: int, stderr: str) -> None:
+        self.returncode = returncode
+        self.stderr = scrub(stderr.strip())
+        super().__init__(f"git {args[0] if args else ''} exited {returncode}: {self.stderr}")
+
+
+class GitTimeout(Exception):
+    def __init__(self, args: Sequence[str], timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(f"git {args[0] if args else ''} timed out after {timeout:g}s")
+
+
+@dataclass(frozen=True)
+class GitResult:
+    stdout: bytes
+    stderr: str
+
+
+class GitRunner:
+    """Runs git with a hardened environment; counts the commands it ran."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.base_url = settings.github_base_url.rstrip("/")
+        self.scheme = urlsplit(self.base_url).scheme or "https"
+        self.calls = 0  # every git command started (a metric)
+        self._home = Path(tempfile.mkdtemp(prefix="plugin-operator-git-home-"))
+        self._env = self._build_env()
+
+    def _build_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in _PASSTHROUGH}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env.update(
+            HOME=str(self._home),
+            XDG_CONFIG_HOME=str(self._home),
+            GIT_CONFIG_NOSYSTEM="1",
+            GIT_CONFIG_GLOBAL=os.devnull,
+            GIT_TERMINAL_PROMPT="0",
+            GIT_ALLOW_PROTOCOL=self.scheme,
+            GIT_PROTOCOL_FROM_USER="0",
+            LC_ALL="C",
+        )
+        return env
+
+    def _config_args(self) -> list[str]:
+        args = [
+            "-c",
+            "core.hooksPath=" + os.devnull,
+            "-c",
+            "core.fsmonitor=false",
+            "-c",
+            "credential.interactive=false",
+            "-c",
+            "protocol.version=2",
+        ]
+        if self.scheme != "file":
+            args += ["-c", "protocol.file.allow=never"]
+        return args
+
+    def repo_url(self, owner: str, repo: str) -> str:
+        """The clone URL of `owner/repo` on the configured base (validated names only)."""
+        return f"{self.base_url}/{owner}/{repo}.git"
+
+    async def run(
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float,  # noqa: ASYNC109 -- on expiry the process group is killed, not just awaited
+        cwd: Path | None = None,
+        stdin: bytes | None = None,
+    ) -> GitResult:
+        """Run `git <args>`; raise GitError on a non-zero exit, GitTimeout
+        after `timeout` seconds (the process group is killed first)."""
+        argv = ["git", *self._config_args(), *args]
+        self.calls += 1
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=cwd,
+            env=self._env,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        except TimeoutError:
+            await _kill_group(proc)
+            raise GitTimeout(args, timeout) from None
+        except BaseException:  # cancelled: never leave git running
+            await _kill_group(proc)
+            raise
+        text = stderr.decode("utf-8", "replace")
+        if proc.returncode != 0:
+            raise GitError(args, proc.returncode or -1, text)
+        return GitResult(stdout, text)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.rmdir(self._home)
+
+
+async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(proc.wait(), 5)
+
+
+_NOT_FOUND = re.compile(
+    r"repository .* not found|not found|does not appear to be a git repository|"
+    r"could not read from remote repository|HTTP 404|returned error: 404|authentication failed|"
+    r"could not read Username|terminal prompts disabled",
+    re.IGNORECASE,
+)
+_NO_COMMIT = re.compile(
+    r"not our ref|couldn't find remote ref|no such remote ref|unadvertised object|"
+    r"remote error: .*(?:want|object)|invalid object|bad object",
+    re.IGNORECASE,
+)
+_NETWORK = re.compile(
+    r"could not resolve host|connection refused|connection timed out|timed out|"
+    r"failed to connect|operation too slow|empty reply|gnutls|ssl|tls|"
+    r"returned error: 5\d\d|HTTP 5\d\d|early EOF|the remote end hung up|RPC failed|reset by peer",
+    re.IGNORECASE,
+)
+
+
+def map_git_error(exc: GitError | GitTimeout, what: str) -> Exception:
+    """Translate a git failure about `what` (e.g. 'owner/repo') into a domain error."""
+    if isinstance(exc, GitTimeout):
+        return SourceUnreachable(f"{what}: {exc}")
+    message = exc.stderr or f"exit status {exc.returncode}"
+    if _NETWORK.search(message):
+        return SourceUnreachable(f"{what} is unreachable: {message}")
+    if _NO_COMMIT.search(message):
+        return RefNotFound(f"{what}: the commit is not available upstream: {message}")
+    if _NOT_FOUND.search(message):
+        return RepositoryNotFound(
+            f"repository {what} was not found (or is private and no credentials are configured): {message}"
+        )
+    return SourceUnreachable(f"{what}: git failed: {message}")
