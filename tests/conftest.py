@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.cluster",
     "tests.fixtures.postgres",
     "tests.fixtures.gitserver",
+    "tests.fixtures.operator",
 ]

@@ -36,11 +36,27 @@ def _get(obj: Mapping[str, Any], *path: str) -> Any:
     return cur
 
 
-def configs_dir(container: Mapping[str, Any]) -> str:
-    """The container's CONFIGS_DIR env value when the pod spec declares one."""
+_FIELD_REFS = {"metadata.name": "name", "metadata.namespace": "namespace", "metadata.uid": "uid"}
+_VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def configs_dir(container: Mapping[str, Any], pod_meta: Mapping[str, Any]) -> str:
+    """The container's CONFIGS_DIR env value when the pod spec declares one,
+    with `$(VAR)` references to earlier env entries expanded the way the
+    kubelet does (literal values and the pod's name, namespace and uid)."""
+    known: dict[str, str] = {}
     for env in container.get("env") or []:
-        if env.get("name") == "CONFIGS_DIR" and isinstance(env.get("value"), str) and env["value"]:
-            return str(env["value"])
+        name = env.get("name")
+        value = env.get("value")
+        if isinstance(value, str):
+            value = _VAR_REF.sub(lambda m: known.get(m.group(1), m.group(0)), value)
+        else:
+            field_path = _get(env, "valueFrom", "fieldRef", "fieldPath")
+            value = str(pod_meta.get(_FIELD_REFS[field_path], "")) if field_path in _FIELD_REFS else None
+        if isinstance(name, str) and value is not None:
+            known[name] = value
+        if name == "CONFIGS_DIR" and value:
+            return value
     return DEFAULT_CONFIGS_DIR
 
 
@@ -57,7 +73,7 @@ def plan_pod(pod: Mapping[str, Any], wanted_container: str | None) -> PodPlan:
     running = _get(pod, "status", "phase") == "Running" and not _get(pod, "metadata", "deletionTimestamp")
     if container is None:
         return PodPlan(name, None, DEFAULT_CONFIGS_DIR, running, external, f"no container named {chosen!r}")
-    directory = configs_dir(container)
+    directory = configs_dir(container, _get(pod, "metadata") or {})
     if not _SAFE_DIR.match(directory) or "/../" in f"{directory}/":
         return PodPlan(name, container.get("name"), directory, running, external, "CONFIGS_DIR is not a clean path")
     statuses = _get(pod, "status", "containerStatuses") or []

@@ -1,0 +1,97 @@
+"""The operator as a child process (`python -m plugin_operator run`), the way
+it runs in a pod, pointed at a local cluster. Tests kill and restart it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from localdev.cluster import ClusterError, LocalCluster, free_port
+
+
+class OperatorProcess:
+    def __init__(
+        self, cluster: LocalCluster, workdir: Path, env: Mapping[str, str], *, namespaces: list[str] | None = None
+    ) -> None:
+        self.cluster = cluster
+        self.namespaces = namespaces or []
+        self.workdir = workdir
+        self.extra_env = dict(env)
+        self.log = workdir / "operator.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.health_port = 0
+
+    def start(self) -> None:
+        self.health_port = free_port()
+        env = {
+            **self.cluster.env(),
+            "PLUGIN_CACHE_DIR": str(self.workdir / "cache"),
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "plugin_operator",
+                    "run",
+                    f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
+                    *(f"--namespace={ns}" for ns in self.namespaces),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        import urllib.request
+
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise ClusterError(f"the operator exited with {self.popen.returncode}; log: {self.log}\n{self.tail()}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1):  # noqa: S310
+                    return
+            time.sleep(0.2)
+        raise ClusterError(f"the operator did not become live in 60s; log: {self.log}\n{self.tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed or evicted operator pod."""
+        self.stop(signal.SIGKILL)
+
+    def tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(
+        cls, cluster: LocalCluster, workdir: Path, env: Mapping[str, str], *, namespaces: list[str] | None = None
+    ) -> Iterator[OperatorProcess]:
+        proc = cls(cluster, workdir, env, namespaces=namespaces)
+        proc.start()
+        try:
+            yield proc
+        finally:
+            proc.stop()
