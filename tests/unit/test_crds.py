@@ -1,0 +1,101 @@
+"""Offline checks of the CRD manifests: structural, documented, and the
+contract's names. The behaviour of the validation rules is pinned down against
+a real apiserver in tests/integration/test_smoke.py."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
+CRD_FILES = sorted(CRD_DIR.glob("*.yaml"))
+
+
+def _schema(path: Path) -> dict[str, Any]:
+    crd = yaml.safe_load(path.read_text())
+    (version,) = crd["spec"]["versions"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def _fields(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, child in node.get("properties", {}).items():
+        yield f"{path}.{name}", child
+        yield from _fields(child, f"{path}.{name}")
+    if "items" in node:
+        yield from _fields(node["items"], f"{path}[]")
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        yield from _fields(extra, f"{path}{{}}")
+
+
+def test_the_crd_directory_holds_exactly_the_two_crds() -> None:
+    kinds = {yaml.safe_load(path.read_text())["spec"]["names"]["kind"] for path in CRD_FILES}
+    assert kinds == {"PluginInstall", "PluginUpdate"}
+
+
+@pytest.mark.parametrize("path", CRD_FILES, ids=lambda p: p.name)
+def test_crd_is_namespaced_v1alpha1_with_status_subresource(path: Path) -> None:
+    crd = yaml.safe_load(path.read_text())
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert crd["spec"]["group"] == "plugins.workspace.dev"
+    assert crd["spec"]["scope"] == "Namespaced"
+    (version,) = crd["spec"]["versions"]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+    assert "plugins" in crd["spec"]["names"]["categories"]
+
+
+@pytest.mark.parametrize("path", CRD_FILES, ids=lambda p: p.name)
+def test_every_field_is_typed_and_described(path: Path) -> None:
+    for field, node in _fields(_schema(path), ""):
+        if field == ".metadata":
+            continue
+        assert node.get("type"), f"{path.name}: {field} has no type (not structural)"
+        assert node.get("description") or field.endswith("{}") or field.endswith("[]"), (
+            f"{path.name}: {field} has no description"
+        )
+
+
+@pytest.mark.parametrize("path", CRD_FILES, ids=lambda p: p.name)
+def test_every_cel_rule_has_a_message_naming_a_spec_field(path: Path) -> None:
+    def rules(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        yield from node.get("x-kubernetes-validations", [])
+        for _, child in _fields(node, ""):
+            yield from child.get("x-kubernetes-validations", [])
+
+    found = list(rules(_schema(path)))
+    assert found
+    for rule in found:
+        assert re.search(r"\bspec\.\w+", rule["message"]), rule
+
+
+@pytest.mark.parametrize("path", CRD_FILES, ids=lambda p: p.name)
+def test_cel_checked_strings_are_bounded(path: Path) -> None:
+    # CEL cost estimation multiplies by the maximum string length.
+    schema = _schema(path)
+    for field, node in _fields(schema, ""):
+        if node.get("type") == "string" and node.get("x-kubernetes-validations"):
+            rules = " ".join(r["rule"] for r in node["x-kubernetes-validations"])
+            if "matches(" in rules:
+                assert node.get("maxLength"), f"{field} runs regexes without maxLength"
+
+
+def test_plugininstall_printer_columns_follow_the_contract() -> None:
+    crd = yaml.safe_load((CRD_DIR / "plugininstalls.yaml").read_text())
+    columns = [
+        c["name"].upper() for c in crd["spec"]["versions"][0]["additionalPrinterColumns"] if not c.get("priority")
+    ]
+    assert columns == ["WORKSPACE", "PLUGIN", "SOURCE", "TRACK", "INSTALLED", "READY", "UPDATE", "AGE"]
+
+
+def test_pluginupdate_printer_columns_follow_the_contract() -> None:
+    crd = yaml.safe_load((CRD_DIR / "pluginupdates.yaml").read_text())
+    columns = [
+        c["name"].upper() for c in crd["spec"]["versions"][0]["additionalPrinterColumns"] if not c.get("priority")
+    ]
+    assert columns == ["WORKSPACE", "PLUGIN", "FROM", "TO", "STATE", "AGE"]
