@@ -78,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         print("waiting for the PluginInstall to become Ready ...", flush=True)
         kube.kubectl("wait", "--for=condition=Ready", "pli/hello-plugin", "-n", "demo", "--timeout=90s", timeout=100)
 
-        k = f"{kube.bin_dir / 'kubectl'} --kubeconfig {kube.kubeconfig}"
         print(kube.kubectl("get", "pli", "-n", "demo").stdout)
         print(
             f"""
@@ -90,7 +89,7 @@ The demo is running. In another shell:
   kubectl explain plugininstall.spec.track      # the API documents itself
   ls -R {configs}/workspace-0/plugins           # what landed in the workspace pod
   kubectl get pluginupdates -n demo             # pending updates (none yet)
-  psql '{pg.url.replace("+psycopg", "")}' -c 'select * from workspace_plugins'
+  psql '{pg.url.replace("+psycopg", "")}' -c 'table workspace_plugins'
 
 The operator's log: {operator.log}
 Press Ctrl-C to stop; everything started here is torn down.

@@ -12,7 +12,7 @@ from plugin_operator import GROUP
 from plugin_operator.config import Settings
 from plugin_operator.delivery.exec import PodExecutor
 from plugin_operator.git.resolver import Resolver
-from plugin_operator.kube.api import Kube, load_config
+from plugin_operator.kube.api import INSTALLS, UPDATES, Kube, load_config
 from plugin_operator.mirror.service import MirrorService
 from plugin_operator.reconcile.install import Deps, Emit
 from plugin_operator.reconcile.restart import Restarter
@@ -49,11 +49,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         resolver=resolver,
         stager=Stager(config, resolver),
         executor=PodExecutor(concurrency=config.pod_concurrency, timeout=config.exec_timeout),
-        mirror=await MirrorService.start(config.database_url),
+        mirror=MirrorService.from_settings(config),
         restarter=Restarter(kube.rollout_restart),
         emitter=_emitter,
     )
     memo.settings = config
+
+    async def list_objects() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return await kube.list(INSTALLS), await kube.list(UPDATES)
+
+    memo.deps.mirror.start(list_objects)
 
 
 @kopf.on.cleanup()

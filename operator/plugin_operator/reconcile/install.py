@@ -100,9 +100,7 @@ def whole_status(
     status["installedShortSHA"] = sha[:12] if sha else None
     keep = {c.type for c in conditions}
     carried = [
-        cond.Condition(c["type"], {"True": True, "False": False}.get(c.get("status", "")), c.get("reason", ""), c.get("message", ""))
-        for c in prev.get("conditions") or []
-        if c.get("type") not in keep and c.get("type") != "Ready"
+        cond.parse(c) for c in prev.get("conditions") or [] if c.get("type") not in keep and c.get("type") != "Ready"
     ]
     merged = [*conditions, *carried]
     merged.append(_ready(merged))
@@ -126,18 +124,17 @@ def _ready(conditions: list[cond.Condition]) -> cond.Condition:
 async def write_status(deps: Deps, obj: Mapping[str, Any], status: dict[str, Any], emit: Emit) -> None:
     meta = obj["metadata"]
     await deps.kube.patch_status(INSTALLS, meta["namespace"], meta["name"], status)
-    before = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
-    for c in status["conditions"]:
-        old = before.get(c["type"])
-        if c["type"] in ("Ready", "UpToDate"):
+    # An Event for every change of a problem condition (Installed, Stalled).
+    before = {c.get("type"): cond.parse(c) for c in (obj.get("status") or {}).get("conditions") or []}
+    for raw in status["conditions"]:
+        new, old = cond.parse(raw), before.get(raw["type"])
+        if new.type not in ("Installed", "Stalled") or new == old:
             continue
-        if old and (old.get("status"), old.get("reason"), old.get("message")) == (c["status"], c["reason"], c["message"]):
+        problem = (new.type == "Stalled") == bool(new.status)
+        if new.type == "Stalled" and not new.status and (old is None or not old.status):
             continue
-        bad = (c["type"] == "Stalled" and c["status"] == "True") or (c["type"] == "Installed" and c["status"] == "False")
-        if c["type"] == "Stalled" and c["status"] == "False" and (old is None or old.get("status") == "False"):
-            continue
-        emit("Warning" if bad else "Normal", c["reason"], c["message"])
-    await deps.mirror.upsert_install({**obj, "status": status})
+        emit("Warning" if problem else "Normal", new.reason, new.message)
+    await deps.mirror.install_changed(obj, status)
 
 
 # -- choosing the commit ------------------------------------------------------
@@ -149,13 +146,13 @@ async def resolve_install_target(deps: Deps, spec: InstallSpec) -> tuple[str | N
     source = spec.source
     if source.kind == "local":
         return None, None
+    if source.pinned_sha is not None:
+        return source.pinned_sha, None
     table = await deps.resolver.ref_table(source)
-    if source.ref is not None:
-        resolved = resolve_source_ref(source, table)
-    elif spec.track.drifts:
+    if source.ref is None and spec.track.drifts:
         resolved = select(spec.track, table)
     else:
-        resolved = select("HEAD", table)
+        resolved = resolve_source_ref(source, table)
     return resolved.sha, resolved.ref_name
 
 
@@ -402,9 +399,7 @@ async def _stalled(
     return Outcome(ready=False, message=exc.message)
 
 
-async def _temporary(
-    deps: Deps, obj: Mapping[str, Any], exc: PluginError, emit: Emit, *, spec: InstallSpec
-) -> Outcome:
+async def _temporary(deps: Deps, obj: Mapping[str, Any], exc: PluginError, emit: Emit, *, spec: InstallSpec) -> Outcome:
     prev = obj.get("status") or {}
     conditions = [cond.Condition("Stalled", False, exc.reason, f"retrying: {exc.message}")]
     if not prev.get("installedDigest"):
@@ -428,7 +423,7 @@ async def uninstall(deps: Deps, obj: Mapping[str, Any]) -> Outcome:
         emit = deps.emitter(obj)
         plugin = prev.get("pluginName")
         if not prev.get("installedDigest") or not plugin:
-            await deps.mirror.delete_install(obj)
+            await deps.mirror.install_deleted(obj)
             return Outcome(ready=True, message="nothing was installed")
         raw_spec = obj.get("spec") or {}
         try:
@@ -460,5 +455,5 @@ async def uninstall(deps: Deps, obj: Mapping[str, Any]) -> Outcome:
         if restart == "Rollout" and targets:
             note = await _restart(deps, namespace, pods, [p.name for p in targets])
         emit("Normal", "Uninstalled", f"{plugin} removed from {len(targets)} pod(s){note}")
-        await deps.mirror.delete_install(obj)
+        await deps.mirror.install_deleted(obj)
         return Outcome(ready=True, message="removed")
