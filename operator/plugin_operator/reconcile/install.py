@@ -188,8 +188,16 @@ async def _bring_pod(
         return PodResult(plan, error=exc.message)
 
 
-def _pod_entries(results: list[PodResult], prev: Mapping[str, Any], at: str) -> list[dict[str, Any]]:
+def _pod_entries(
+    results: list[PodResult], skipped: list[PodPlan], prev: Mapping[str, Any], at: str
+) -> list[dict[str, Any]]:
+    """One entry per workspace pod: what it holds (as far as the operator
+    wrote or verified it), or why it was not written."""
     before = {p.get("name"): p for p in prev.get("pods") or []}
+    waiting = "external runtime: pulls the plugin itself"
+    results = results + [
+        PodResult(p, error=waiting if p.external else (p.problem or "not running yet")) for p in skipped
+    ]
     entries = []
     for r in sorted(results, key=lambda r: r.plan.name):
         old = before.get(r.plan.name) or {}
@@ -199,7 +207,7 @@ def _pod_entries(results: list[PodResult], prev: Mapping[str, Any], at: str) -> 
                 "name": r.plan.name,
                 "sha": r.marker.sha if r.marker else None,
                 "digest": r.marker.digest if r.marker else None,
-                "time": old.get("time") if same and not r.delivered else at,
+                "time": (old.get("time") if same and not r.delivered else at) if r.marker else None,
                 "message": r.error,
             }
         )
@@ -309,10 +317,11 @@ async def _reconcile_locked(deps: Deps, obj: Mapping[str, Any], *, target_sha: s
     results = list(
         await asyncio.gather(*(_bring_pod(deps.executor, namespace, p, spec, want, payload) for p in targets))
     )
-    failed = [r for r in results if r.error]
+    failed = [r for r in results if r.error]  # only pods written to count
     delivered = [r for r in results if r.delivered]
     changed = (prev.get("installedSHA"), prev.get("installedDigest")) != (sha, staged.digest)
-    pods_status = _pod_entries(results, prev, at)
+    skipped = [p for p in plans if p not in targets]
+    pods_status = _pod_entries(results, skipped, prev, at)
     base = _installed_fields(spec, staged, sha, ref)
 
     if failed:
