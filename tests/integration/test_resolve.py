@@ -156,7 +156,11 @@ async def test_a_blackhole_times_out_fast_and_never_delays_another_host(
     started = time.monotonic()
     with pytest.raises(SourceUnreachable, match=r"next attempt in \d+s"):
         await resolver.ls_remote(dead_urls[0])
+    # Three network failures in a row trip the host: its other repositories fail fast too.
+    with pytest.raises(SourceUnreachable, match=r"host 127\.0\.0\.1:\d+ is failing"):
+        await resolver.ls_remote(f"{blackhole_url}/{git_owner}/never-tried.git")
     assert time.monotonic() - started < 0.1
+    assert resolver.git_calls == 4  # three dead + one good; the fail-fast calls ran no git
 
 
 async def test_a_timeout_kills_the_whole_process_group(blackhole_url: str, tmp_path: Path) -> None:

@@ -4,7 +4,11 @@ One `Resolver` per operator process. For each repository URL it runs at most
 one `git ls-remote` at a time (concurrent callers share it: single flight),
 keeps the answer for `resolve_cache_ttl`, backs off exponentially after
 failures (callers fail fast meanwhile), and bounds concurrency per host, so a
-slow or dead host only ever holds its own slots.
+slow or dead host only ever holds its own slots. After `host_trip_after`
+consecutive network failures on one host (no success in between), every
+repository on that host fails fast until the host's own backoff expires, so
+a dead host with many repositories costs one timeout per backoff period,
+not one per repository.
 """
 
 from __future__ import annotations
@@ -38,17 +42,20 @@ class Resolver:
         *,
         backoff_base: float = 2.0,
         backoff_max: float = 300.0,
+        host_trip_after: int = 3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.runner = runner or GitRunner(settings)
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.host_trip_after = host_trip_after
         self._clock = clock
         self._cache: dict[str, tuple[float, RefTable]] = {}
         self._failures: dict[str, _Failure] = {}
         self._inflight: dict[str, asyncio.Future[RefTable]] = {}
         self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._host_failures: dict[str, _Failure] = {}
         self.git_calls = 0  # `git ls-remote` commands started
 
     async def ref_table(self, source: Source) -> RefTable:
@@ -80,6 +87,9 @@ class Resolver:
         failure = self._failures.get(url)
         if failure is not None and failure.retry_at > now:
             raise _fail_fast(failure, now)
+        host_failure = self._host_failures.get(_host_of(url))
+        if host_failure is not None and host_failure.count >= self.host_trip_after and host_failure.retry_at > now:
+            raise _fail_fast(host_failure, now)
         task = self._inflight.get(url)
         if task is None:
             task = asyncio.ensure_future(self._ls_remote(url, label))
@@ -95,7 +105,7 @@ class Resolver:
             task.exception()  # retrieved: no "never retrieved" warning when every caller left
 
     def _host(self, url: str) -> asyncio.Semaphore:
-        host = urlsplit(url).netloc.rpartition("@")[2] or "local"
+        host = _host_of(url)
         semaphore = self._hosts.get(host)
         if semaphore is None:
             semaphore = self._hosts[host] = asyncio.Semaphore(self.settings.per_host_concurrency)
@@ -115,6 +125,7 @@ class Resolver:
                 raise error from None
         table = RefTable.parse(result.stdout.decode("utf-8", "replace"), label=label)
         self._failures.pop(url, None)
+        self._host_failures.pop(_host_of(url), None)
         self._cache[url] = (self._clock() + self.settings.resolve_cache_ttl, table)
         return table
 
@@ -125,6 +136,12 @@ class Resolver:
         count = previous.count + 1 if previous else 1
         if isinstance(error, SourceUnreachable):
             delay = min(self.backoff_base * 2 ** (count - 1), self.backoff_max)
+            host = _host_of(url)
+            seen = self._host_failures.get(host)
+            host_count = seen.count + 1 if seen else 1
+            host_delay = min(self.backoff_base * 2 ** max(host_count - self.host_trip_after, 0), self.backoff_max)
+            message = f"host {host} is failing: {error.message}"
+            self._host_failures[host] = _Failure(SourceUnreachable(message), self._clock() + host_delay, host_count)
         else:  # not found and the like: permanent, remembered like a cached answer
             delay = self.settings.resolve_cache_ttl
         self._failures[url] = _Failure(error, self._clock() + delay, count)
@@ -135,11 +152,16 @@ class Resolver:
         if source is None:
             self._cache.clear()
             self._failures.clear()
+            self._host_failures.clear()
             return
         if source.owner and source.repo:
             url = self.runner.repo_url(source.owner, source.repo)
             self._cache.pop(url, None)
             self._failures.pop(url, None)
+
+
+def _host_of(url: str) -> str:
+    return urlsplit(url).netloc.rpartition("@")[2] or "local"
 
 
 def _fail_fast(failure: _Failure, now: float) -> PluginError:
