@@ -4,6 +4,7 @@ a real outage (the server stopped and started again) and `db check`."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import threading
@@ -528,3 +529,20 @@ def test_mirror_writes_recover_after_a_server_restart(private_postgres_server: P
             assert conn.execute("SELECT count(*) FROM workspace_plugins").fetchone() == (1,)
     finally:
         m.close()
+
+
+async def test_the_background_loop_catches_up_at_start(database_url: str) -> None:
+    service = MirrorService.from_url(database_url)
+    assert service.mirror is not None and service.needs_resync  # a new service starts dirty
+    service.mirror.upgrade()
+    w = ws()
+    service.start(_state({"review": plugin_install(w, "review")}, {}), interval=0.05)
+    try:
+        for _ in range(200):
+            if not service.needs_resync:
+                break
+            await asyncio.sleep(0.05)
+        assert not service.needs_resync
+        assert query(service.mirror, "SELECT workspace_id::text, plugin_name FROM workspace_plugins") == [(w, "review")]
+    finally:
+        await service.close()
