@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from localdev.cluster import LocalCluster
 
@@ -318,3 +319,69 @@ def test_garbage_collector_deletes_a_pluginupdate_whose_plugininstall_is_gone(
     kube.kubectl(
         "wait", "-n", namespace, "--for=delete", "pluginupdate/review-bbbbbbbbbbbb", "--timeout=120s", timeout=150
     )
+
+
+# -- deploy/: accepted by the apiserver; RBAC grants what the operator needs, no more ---
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OPERATOR_SA = "system:serviceaccount:plugin-operator-system:plugin-operator"
+
+
+def kustomize(kube: LocalCluster, directory: str) -> list[dict[str, Any]]:
+    built = kube.kubectl("kustomize", str(REPO_ROOT / directory)).stdout
+    return [doc for doc in yaml.safe_load_all(built) if doc]
+
+
+def can_i(kube: LocalCluster, verb: str, resource: str, namespace: str | None = None) -> bool:
+    """`resource` may name a subresource: `pods/exec`."""
+    kind, _, sub = resource.partition("/")
+    argv = ["auth", "can-i", verb, kind, "--as", OPERATOR_SA]
+    argv += ["-n", namespace] if namespace else ["--all-namespaces"]
+    argv += [f"--subresource={sub}"] if sub else []
+    return kube.kubectl(*argv, check=False).stdout.strip() == "yes"
+
+
+def test_deploy_base_is_accepted_and_rbac_is_least_privilege(kube: LocalCluster, namespace: str) -> None:
+    objects = kustomize(kube, "deploy/base")
+    kinds = {obj["kind"] for obj in objects}
+    assert {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"} <= kinds
+    # The namespace and RBAC for real (nothing runs without the Deployment).
+    rbac = [
+        obj for obj in objects if obj["kind"] in ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+    ]
+    kube.kubectl(
+        "apply", "--server-side", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac})
+    )
+    # The rest as a server-side dry run, against the real schemas and admission
+    # (the ClusterKopfPeering object needs its CRD Established first).
+    checked = [obj for obj in objects if obj not in rbac and obj["kind"] != "ClusterKopfPeering"]
+    kube.kubectl(
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": checked}),
+    )
+
+    assert can_i(kube, "watch", "plugininstalls.plugins.workspace.dev")
+    assert can_i(kube, "patch", "plugininstalls.plugins.workspace.dev", namespace)
+    assert can_i(kube, "patch", "plugininstalls.plugins.workspace.dev/status", namespace)
+    assert can_i(kube, "create", "pluginupdates.plugins.workspace.dev", namespace)
+    assert can_i(kube, "list", "pods")
+    assert can_i(kube, "patch", "deployments.apps", namespace)
+    assert can_i(kube, "create", "events", namespace)
+    assert not can_i(kube, "create", "plugininstalls.plugins.workspace.dev", namespace)
+    assert not can_i(kube, "get", "secrets", namespace)
+    assert not can_i(kube, "delete", "pods", namespace)
+    # pods/exec only where deploy/workspace-namespace grants it.
+    assert not can_i(kube, "create", "pods/exec", namespace)
+
+    grant = kustomize(kube, "deploy/workspace-namespace")
+    for obj in grant:
+        obj["metadata"]["namespace"] = namespace
+    kube.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": grant}))
+
+    assert can_i(kube, "create", "pods/exec", namespace)
+    assert not can_i(kube, "create", "pods/exec", "default")
