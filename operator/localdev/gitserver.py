@@ -81,7 +81,25 @@ def _git_env(home: Path) -> dict[str, str]:
     }
 
 
-class GitServer:
+class _Service:
+    """start()/stop() plus the context-manager protocol."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class GitServer(_Service):
     """Bare repositories served over smart HTTP on 127.0.0.1:<free port>."""
 
     def __init__(self, root: Path | None = None) -> None:
@@ -113,14 +131,6 @@ class GitServer:
             self._httpd = None
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     @property
     def base_url(self) -> str:
@@ -342,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-class Blackhole:
+class Blackhole(_Service):
     """Accepts TCP connections on 127.0.0.1 and never answers."""
 
     def __init__(self) -> None:
@@ -378,14 +388,6 @@ class Blackhole:
             conn.close()
         if self._sock is not None:
             self._sock.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     @property
     def base_url(self) -> str:

@@ -10,26 +10,15 @@ from pathlib import Path
 import pytest
 
 from localdev.gitserver import GitServer
-from plugin_operator.config import Settings
 from plugin_operator.domain.errors import InvalidSource, RefNotFound, RepositoryNotFound, SourceUnreachable
 from plugin_operator.domain.source import Source, parse_source
 from plugin_operator.domain.track import parse_track
 from plugin_operator.git import GitRunner, Resolver
+from tests.fixtures.gitserver import git_settings
 
 pytestmark = pytest.mark.git
 
 PLUGIN = {"plugin.yaml": "name: hello\n", "rules/a.md": "# A\n"}
-
-
-def settings_for(base_url: str, tmp_path: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "github_base_url": base_url,
-        "cache_dir": tmp_path / "cache",
-        "registry_dir": tmp_path / "registry",
-        "resolve_timeout": 20.0,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
 
 
 def src(owner: str, rest: str) -> Source:
@@ -38,7 +27,7 @@ def src(owner: str, rest: str) -> Source:
 
 @pytest.fixture
 def resolver(git_server: GitServer, tmp_path: Path) -> Resolver:
-    return Resolver(settings_for(git_server.base_url, tmp_path))
+    return Resolver(git_settings(git_server.base_url, tmp_path))
 
 
 async def test_branches_and_both_kinds_of_tags(git_server: GitServer, git_owner: str, resolver: Resolver) -> None:
@@ -76,7 +65,7 @@ async def test_a_moved_tag_and_a_force_pushed_branch_are_seen_after_the_cache_ex
     git_server: GitServer, git_owner: str, tmp_path: Path
 ) -> None:
     now = [0.0]
-    resolver = Resolver(settings_for(git_server.base_url, tmp_path), clock=lambda: now[0])
+    resolver = Resolver(git_settings(git_server.base_url, tmp_path), clock=lambda: now[0])
     old = git_server.create_repo(git_owner, "hello", PLUGIN)
     git_server.tag(git_owner, "hello", "v1.0.0", old, annotated=True)
     source = src(git_owner, "hello#main")
@@ -131,7 +120,7 @@ async def test_a_blackhole_times_out_fast_and_never_delays_another_host(
 ) -> None:
     git_server.create_repo(git_owner, "hello", PLUGIN)
     resolver = Resolver(
-        settings_for(git_server.base_url, tmp_path, resolve_timeout=1.5, per_host_concurrency=1), backoff_base=30
+        git_settings(git_server.base_url, tmp_path, resolve_timeout=1.5, per_host_concurrency=1), backoff_base=30
     )
     good_url = git_server.url(git_owner, "hello")
     dead_urls = [f"{blackhole_url}/{git_owner}/r{i}.git" for i in range(3)]
@@ -164,7 +153,7 @@ async def test_a_blackhole_times_out_fast_and_never_delays_another_host(
 
 
 async def test_a_timeout_kills_the_whole_process_group(blackhole_url: str, tmp_path: Path) -> None:
-    resolver = Resolver(settings_for(blackhole_url, tmp_path, resolve_timeout=1.0))
+    resolver = Resolver(git_settings(blackhole_url, tmp_path, resolve_timeout=1.0))
     port = blackhole_url.rsplit(":", 1)[1]
     marker = f"pgkill{os.getpid()}"
     with pytest.raises(SourceUnreachable, match="timed out"):
@@ -200,7 +189,7 @@ async def test_option_shaped_values_never_reach_git_as_options(
         with pytest.raises(InvalidSource):
             parse_source(raw, allow_unpinned=True)
     # Below the grammar, the runner still ends options before the URL.
-    resolver = Resolver(settings_for(git_server.base_url, tmp_path))
+    resolver = Resolver(git_settings(git_server.base_url, tmp_path))
     with pytest.raises((RepositoryNotFound, SourceUnreachable)):
         await resolver.ls_remote(f"--upload-pack=touch {sentinel}")
     runner = GitRunner(resolver.settings)
@@ -213,7 +202,7 @@ async def test_protocols_other_than_the_base_urls_are_refused(
     git_server: GitServer, git_owner: str, tmp_path: Path
 ) -> None:
     git_server.create_repo(git_owner, "hello", PLUGIN)
-    resolver = Resolver(settings_for(git_server.base_url, tmp_path))
+    resolver = Resolver(git_settings(git_server.base_url, tmp_path))
     with pytest.raises((RepositoryNotFound, SourceUnreachable)):
         await resolver.ls_remote(f"file://{git_server.path(git_owner, 'hello')}")
     with pytest.raises((RepositoryNotFound, SourceUnreachable)):

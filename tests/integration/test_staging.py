@@ -26,6 +26,7 @@ from plugin_operator.domain.source import Source, parse_source
 from plugin_operator.domain.tree import tree_digest
 from plugin_operator.git import GitRunner, Resolver
 from plugin_operator.staging import Stager, tar_stream
+from tests.fixtures.gitserver import git_settings
 
 pytestmark = pytest.mark.git
 
@@ -37,23 +38,13 @@ PLUGIN = {
 }
 
 
-def settings_for(base_url: str, tmp_path: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "github_base_url": base_url,
-        "cache_dir": tmp_path / "cache",
-        "registry_dir": tmp_path / "registry",
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
-
-
 def src(owner: str, rest: str) -> Source:
     return parse_source(f"github://{owner}/{rest}", allow_unpinned=True)
 
 
 @pytest.fixture
 def settings(git_server: GitServer, tmp_path: Path) -> Settings:
-    return settings_for(git_server.base_url, tmp_path)
+    return git_settings(git_server.base_url, tmp_path)
 
 
 @pytest.fixture
@@ -156,7 +147,7 @@ async def test_unsafe_trees_are_refused_and_nothing_is_cached(
 
 
 async def test_a_tree_over_the_size_cap_is_refused(git_server: GitServer, git_owner: str, tmp_path: Path) -> None:
-    settings = settings_for(git_server.base_url, tmp_path, max_dir_bytes=10_000)
+    settings = git_settings(git_server.base_url, tmp_path, max_dir_bytes=10_000)
     sha = git_server.create_repo(git_owner, "hello", {**PLUGIN, "big.bin": os.urandom(20_000)})
     with pytest.raises(TreeTooLarge, match="over 10000 bytes"):
         await Stager(settings, GitRunner(settings)).stage(src(git_owner, "hello#main"), sha)
@@ -200,7 +191,7 @@ async def test_option_shaped_sha_is_refused_before_git_runs(
 
 
 async def test_a_fetch_over_the_timeout_is_unreachable(blackhole_url: str, git_owner: str, tmp_path: Path) -> None:
-    settings = settings_for(blackhole_url, tmp_path, fetch_timeout=1.0)
+    settings = git_settings(blackhole_url, tmp_path, fetch_timeout=1.0)
     started = time.monotonic()
     with pytest.raises(SourceUnreachable, match="timed out"):
         await Stager(settings, GitRunner(settings)).stage(src(git_owner, "hello#main"), "1" * 40)

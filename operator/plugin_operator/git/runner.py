@@ -180,7 +180,7 @@ _NO_COMMIT = re.compile(
 )
 _NETWORK = re.compile(
     r"could not resolve host|connection refused|connection timed out|timed out|"
-    r"failed to connect|operation too slow|empty reply|gnutls|ssl|tls|"
+    r"failed to connect|operation too slow|empty reply|gnutls|\bssl\b|\btls\b|"
     r"returned error: 5\d\d|HTTP 5\d\d|early EOF|the remote end hung up|RPC failed|reset by peer",
     re.IGNORECASE,
 )
