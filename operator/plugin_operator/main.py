@@ -14,8 +14,10 @@ from plugin_operator.config import Settings
 def run(*, namespaces: list[str], liveness: str | None, peering: str | None) -> int:
     settings = Settings.from_env()  # fails fast with a message naming the variable
     logging.getLogger(__name__).info("starting with %s", settings.redacted())
+    memo = kopf.Memo(namespaces=namespaces)
     asyncio.run(
         kopf.operator(
+            memo=memo,
             clusterwide=not namespaces,
             namespaces=namespaces,
             standalone=peering is None,

@@ -3,4 +3,4 @@
 Importing this package registers every handler.
 """
 
-from plugin_operator.handlers import installs, startup  # noqa: F401
+from plugin_operator.handlers import installs, startup, updates  # noqa: F401

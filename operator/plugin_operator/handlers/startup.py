@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +18,7 @@ from plugin_operator.kube.api import INSTALLS, UPDATES, Kube, load_config
 from plugin_operator.mirror.service import MirrorService
 from plugin_operator.reconcile.install import Deps, Emit
 from plugin_operator.reconcile.restart import Restarter
+from plugin_operator.reconcile.updates import sweep_forever
 from plugin_operator.staging import Stager
 
 log = logging.getLogger(__name__)
@@ -59,10 +62,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         return await kube.list(INSTALLS), await kube.list(UPDATES)
 
     memo.deps.mirror.start(list_objects)
+    memo.sweeper = asyncio.create_task(sweep_forever(memo.deps, memo.namespaces), name="drift-sweep")
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    sweeper: asyncio.Task[None] | None = getattr(memo, "sweeper", None)
+    if sweeper is not None:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
     deps: Deps | None = getattr(memo, "deps", None)
     if deps is not None:
         await deps.mirror.close()

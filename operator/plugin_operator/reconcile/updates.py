@@ -1,0 +1,350 @@
+"""Drift and its PluginUpdates (design §2, §6).
+
+The sweep resolves every tracked install against one shared ref table per
+repository (so one `git ls-remote` per repository, whatever the number of
+installs), then for each install decides (domain.drift) and keeps the
+PluginUpdates straight: at most one Pending, the rest Superseded.
+
+Approval (`spec.approved: true`, or `updatePolicy: Automatic`) installs
+exactly `toSHA` through the install reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from plugin_operator import GROUP, VERSION
+from plugin_operator.domain import conditions as cond
+from plugin_operator.domain import drift
+from plugin_operator.domain.errors import PluginError
+from plugin_operator.domain.install_spec import InstallSpec, parse_install_spec
+from plugin_operator.domain.refs import RefTable, select
+from plugin_operator.kube.api import INSTALLS, UPDATES
+from plugin_operator.reconcile.install import Deps, Outcome, now_text, reconcile_install, whole_status
+
+log = logging.getLogger(__name__)
+INSTALL_LABEL = f"{GROUP}/plugin-install"
+
+
+# -- the sweep ---------------------------------------------------------------
+
+
+def _tracked(obj: Mapping[str, Any], deps: Deps) -> InstallSpec | None:
+    if obj["metadata"].get("deletionTimestamp"):
+        return None
+    try:
+        spec = parse_install_spec(obj.get("spec") or {}, allow_unpinned=deps.settings.allow_unpinned)
+    except PluginError:
+        return None
+    if spec.suspend or not spec.track.drifts or spec.source.kind != "github":
+        return None
+    return spec
+
+
+async def sweep(deps: Deps, installs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """One pass over the given installs. Returns counts for the log line."""
+    tracked = [(obj, spec) for obj in installs if (spec := _tracked(obj, deps)) is not None]
+    repos = {spec.source.repo_key: spec.source for _, spec in tracked}
+    calls_before = deps.resolver.git_calls
+    for source in repos.values():
+        deps.resolver.forget(source)  # a sweep always asks upstream afresh
+
+    async def table_for(key: str) -> RefTable | PluginError:
+        try:
+            return await deps.resolver.ref_table(repos[key])
+        except PluginError as exc:
+            return exc
+
+    tables = dict(zip(repos, await asyncio.gather(*(table_for(k) for k in repos)), strict=True))
+    for obj, spec in tracked:
+        table = tables[spec.source.repo_key]
+        await check_install(deps, obj["metadata"]["namespace"], obj["metadata"]["name"], table)
+    return {"installs": len(tracked), "repositories": len(repos), "git_calls": deps.resolver.git_calls - calls_before}
+
+
+async def sweep_forever(deps: Deps, namespaces: Sequence[str]) -> None:
+    """The drift timer: a sweep every DRIFT_SWEEP_INTERVAL, jittered by ±10%."""
+    interval = deps.settings.drift_sweep_interval
+    await asyncio.sleep(interval * random.uniform(0.1, 0.3))
+    while True:
+        try:
+            installs: list[dict[str, Any]] = []
+            for namespace in namespaces or [None]:
+                installs += await deps.kube.list(INSTALLS, namespace)
+            counts = await sweep(deps, installs)
+            log.info(
+                "drift sweep: %(installs)d installs, %(repositories)d repositories, %(git_calls)d git calls", counts
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("drift sweep failed; next one as scheduled")
+        await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+
+
+async def resolve_now(deps: Deps, namespace: str, name: str) -> None:
+    """The `plugins.workspace.dev/resolve` annotation: sweep one install now."""
+    obj = await deps.kube.get(INSTALLS, namespace, name)
+    if obj is None or _tracked(obj, deps) is None:
+        return
+    await sweep(deps, [obj])
+
+
+# -- one install ----------------------------------------------------------------
+
+
+async def _updates_of(deps: Deps, namespace: str, install: str) -> list[dict[str, Any]]:
+    return [
+        u for u in await deps.kube.list(UPDATES, namespace) if (u.get("spec") or {}).get("pluginInstall") == install
+    ]
+
+
+async def check_install(deps: Deps, namespace: str, name: str, table: RefTable | PluginError) -> None:
+    async with deps.lock(namespace, name):
+        obj = await deps.kube.get(INSTALLS, namespace, name)
+        if obj is None:
+            return
+        spec = _tracked(obj, deps)
+        prev: Mapping[str, Any] = obj.get("status") or {}
+        if spec is None or not prev.get("installedDigest"):
+            return  # nothing installed yet: the install reconcile comes first
+        generation = int(obj["metadata"].get("generation", 0))
+        emit = deps.emitter(obj)
+        at = now_text()
+        if isinstance(table, PluginError):
+            unknown = cond.Condition("UpToDate", None, table.reason, f"could not resolve upstream: {table.message}")
+            await _write(deps, obj, whole_status(prev, generation, [unknown]))
+            return
+        try:
+            upstream = select(spec.track, table)
+        except PluginError as exc:
+            unknown = cond.Condition("UpToDate", None, exc.reason, exc.message)
+            await _write(deps, obj, whole_status(prev, generation, [unknown], lastResolvedAt=at))
+            return
+        updates = await _updates_of(deps, namespace, name)
+        dismissed = [u["spec"]["toSHA"] for u in updates if drift.update_state(u) == "Dismissed"]
+        decision = drift.decide(spec.track, prev.get("installedSHA"), upstream, table, dismissed)
+        resolved = {"upstreamSHA": upstream.sha, "lastResolvedAt": at}
+
+        if decision.kind == "propose":
+            # Path-aware: a new commit whose plugin tree is unchanged is recorded, not proposed.
+            try:
+                candidate = await deps.stager.stage(spec.source, upstream.sha)
+            except PluginError as exc:
+                unknown = cond.Condition(
+                    "UpToDate", None, exc.reason, f"cannot stage {upstream.sha[:12]}: {exc.message}"
+                )
+                await _write(deps, obj, whole_status(prev, generation, [unknown], **resolved))
+                return
+            if candidate.digest == prev.get("installedDigest"):
+                decision = drift.Decision(
+                    "same-content", upstream, "UpToDate", f"{upstream.sha[:12]} leaves the plugin's tree unchanged"
+                )
+            else:
+                await _propose(deps, obj, spec, updates, upstream.sha, candidate.digest, decision, emit)
+                return
+
+        # Nothing to propose: any open update is moot now.
+        for doomed in drift.open_updates_to_supersede(updates, keep=None):
+            await _set_update_state(deps, doomed, "Superseded", f"no longer needed: {decision.message}")
+        condition = cond.Condition("UpToDate", True, decision.reason, decision.message)
+        if decision.kind == "dismissed":
+            condition = cond.Condition("UpToDate", False, decision.reason, decision.message)
+        await _write(deps, obj, whole_status(prev, generation, [condition], pendingUpdate=None, **resolved))
+
+
+async def _propose(
+    deps: Deps,
+    obj: Mapping[str, Any],
+    spec: InstallSpec,
+    updates: list[dict[str, Any]],
+    to_sha: str,
+    to_digest: str,
+    decision: drift.Decision,
+    emit: Any,
+) -> None:
+    meta = obj["metadata"]
+    prev: Mapping[str, Any] = obj.get("status") or {}
+    namespace, install = meta["namespace"], meta["name"]
+    name = drift.update_name(install, to_sha)
+    existing = next((u for u in updates if u["metadata"]["name"] == name), None)
+    # Supersede first, then create: a crash in between leaves none pending
+    # (the next sweep creates it), never two.
+    for doomed in drift.open_updates_to_supersede(updates, keep=name):
+        await _set_update_state(
+            deps, doomed, "Superseded", f"upstream moved again to {to_sha[:12]}", superseded_by=name
+        )
+    if existing is None:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "PluginUpdate",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {INSTALL_LABEL: install[:63]} if len(install) <= 63 else {},
+                "ownerReferences": [
+                    {
+                        "apiVersion": f"{GROUP}/{VERSION}",
+                        "kind": "PluginInstall",
+                        "name": install,
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": {
+                "pluginInstall": install,
+                "workspace": spec.workspace,
+                "plugin": spec.plugin,
+                "trackedRef": spec.track.normalized,
+                "fromSHA": prev.get("installedSHA"),
+                "toSHA": to_sha,
+                "fromDigest": prev.get("installedDigest"),
+                "toDigest": to_digest,
+                **({"approved": True} if spec.update_policy == "Automatic" else {}),
+            },
+        }
+        created = await deps.kube.create(UPDATES, namespace, body)
+        if created is not None:
+            await _set_update_state(deps, created, "Pending", decision.message)
+            emit(
+                "Warning" if decision.rewritten else "Normal",
+                decision.reason,
+                f"{decision.message}: PluginUpdate {name}",
+            )
+    condition = cond.Condition("UpToDate", False, decision.reason, f"{decision.message}; pending update {name}")
+    status = whole_status(
+        prev,
+        int(meta.get("generation", 0)),
+        [condition],
+        upstreamSHA=to_sha,
+        lastResolvedAt=now_text(),
+        pendingUpdate=name,
+    )
+    await _write(deps, obj, status)
+
+
+async def _write(deps: Deps, obj: Mapping[str, Any], status: dict[str, Any]) -> None:
+    meta = obj["metadata"]
+    await deps.kube.patch_status(INSTALLS, meta["namespace"], meta["name"], status)
+
+
+async def _set_update_state(
+    deps: Deps,
+    update: Mapping[str, Any],
+    state: str,
+    message: str,
+    *,
+    superseded_by: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    meta = update["metadata"]
+    prev: Mapping[str, Any] = update.get("status") or {}
+    spec = update.get("spec") or {}
+    applied = state == "Applied"
+    conditions = cond.merge(
+        prev.get("conditions"),
+        [
+            cond.Condition("Applied", applied, state, message),
+            cond.Condition("Ready", state in ("Applied", "Dismissed", "Superseded"), state, message),
+        ],
+        generation=int(meta.get("generation", 0)),
+        now=now_text(),
+    )
+    status = {
+        "state": state,
+        "message": message,
+        "appliedSHA": prev.get("appliedSHA"),
+        "appliedAt": prev.get("appliedAt"),
+        "supersededBy": superseded_by if superseded_by is not None else prev.get("supersededBy"),
+        "attempts": prev.get("attempts", 0),
+        "fromShort": (spec.get("fromSHA") or "")[:12] or None,
+        "toShort": (spec.get("toSHA") or "")[:12] or None,
+        "conditions": conditions,
+        "observedGeneration": int(meta.get("generation", 0)),
+        **(extra or {}),
+    }
+    await deps.kube.patch_status(UPDATES, meta["namespace"], meta["name"], status)
+    merged = {**update, "status": status}
+    await deps.mirror.update_changed(merged)
+    return merged
+
+
+# -- approve, dismiss, apply ---------------------------------------------------------
+
+
+async def reconcile_update(deps: Deps, namespace: str, name: str) -> Outcome:
+    update = await deps.kube.get(UPDATES, namespace, name)
+    if update is None:
+        return Outcome(ready=False, message="gone")
+    spec = update.get("spec") or {}
+    state = drift.update_state(update)
+    emit = deps.emitter(update)
+    approved, dismissed = bool(spec.get("approved")), bool(spec.get("dismissed"))
+
+    if state in drift.TERMINAL:
+        if (approved or dismissed) and state != "Applied":
+            said = {
+                "Superseded": f"superseded by {(update.get('status') or {}).get('supersededBy') or 'a newer update'}",
+                "Dismissed": "it was dismissed",
+            }[state]
+            message = f"{'approving' if approved else 'dismissing'} changes nothing: {said}"
+            if (update.get("status") or {}).get("message") != message:
+                await _set_update_state(deps, update, state, message)
+                emit("Normal", "Ignored", message)
+        return Outcome(ready=True, message=state)
+
+    install_name = spec.get("pluginInstall", "")
+    if dismissed:
+        await _set_update_state(
+            deps, update, "Dismissed", f"dismissed; {spec.get('toSHA', '')[:12]} is not proposed again"
+        )
+        emit("Normal", "Dismissed", f"update to {spec.get('toSHA', '')[:12]} dismissed")
+        await _clear_pending(deps, namespace, install_name, name, "UpdateDismissed", "update dismissed")
+        return Outcome(ready=True, message="dismissed")
+    if not approved:
+        if state != "Pending" or not update.get("status"):
+            update = await _set_update_state(deps, update, "Pending", "waiting for approval")
+        await deps.mirror.update_changed(update)
+        return Outcome(ready=True, message="pending")
+
+    to_sha = str(spec.get("toSHA"))
+    attempts = int((update.get("status") or {}).get("attempts", 0)) + 1
+    update = await _set_update_state(
+        deps, update, "Applying", f"installing {to_sha[:12]}", extra={"attempts": attempts}
+    )
+    outcome = await reconcile_install(deps, namespace, install_name, target_sha=to_sha)
+    install = await deps.kube.get(INSTALLS, namespace, install_name)
+    installed = (install or {}).get("status", {}).get("installedSHA")
+    if install is None or installed != to_sha:
+        delay = min(300.0, 10.0 * 2 ** min(attempts - 1, 5))
+        message = f"apply of {to_sha[:12]} failed (attempt {attempts}, retrying in {delay:.0f}s): {outcome.message}"
+        await _set_update_state(deps, update, "Failed", message)
+        emit("Warning", "ApplyFailed", message)
+        return Outcome(ready=False, retry_after=delay, message=message)
+    at = now_text()
+    await _set_update_state(
+        deps, update, "Applied", f"installed {to_sha[:12]}", extra={"appliedSHA": to_sha, "appliedAt": at}
+    )
+    emit("Normal", "Applied", f"installed {to_sha[:12]} into workspace {spec.get('workspace')}")
+    await _clear_pending(deps, namespace, install_name, name, "UpToDate", f"update {name} applied")
+    return Outcome(ready=True, message="applied")
+
+
+async def _clear_pending(deps: Deps, namespace: str, install: str, update: str, reason: str, message: str) -> None:
+    async with deps.lock(namespace, install):
+        obj = await deps.kube.get(INSTALLS, namespace, install)
+        if obj is None:
+            return
+        prev = obj.get("status") or {}
+        if prev.get("pendingUpdate") not in (None, update):
+            return
+        up_to_date = reason == "UpToDate"
+        condition = cond.Condition("UpToDate", up_to_date, reason, message)
+        status = whole_status(prev, int(obj["metadata"].get("generation", 0)), [condition], pendingUpdate=None)
+        await _write(deps, obj, status)
