@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -82,7 +83,7 @@ class GitRunner:
         self.base_url = settings.github_base_url.rstrip("/")
         self.scheme = urlsplit(self.base_url).scheme or "https"
         self.calls = 0  # every git command started (a metric)
-        self._home = Path(tempfile.mkdtemp(prefix="plugin-operator-git-home-"))
+        self._home = _empty_home()
         self._env = self._build_env()
 
     def _build_env(self) -> dict[str, str]:
@@ -153,9 +154,11 @@ class GitRunner:
             raise GitError(args, proc.returncode or -1, text)
         return GitResult(stdout, text)
 
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.rmdir(self._home)
+
+@functools.cache
+def _empty_home() -> Path:
+    """One empty HOME per process: git finds no ~/.gitconfig, no credentials."""
+    return Path(tempfile.mkdtemp(prefix="plugin-operator-git-home-"))
 
 
 async def _kill_group(proc: asyncio.subprocess.Process) -> None:
