@@ -23,7 +23,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,6 +34,8 @@ from typing import IO
 import psycopg
 from psycopg import sql
 
+from localdev.cluster import free_port
+
 SUPERUSER = "postgres"
 _START_ATTEMPTS = 5
 _PR_SET_PDEATHSIG = 1
@@ -42,12 +43,6 @@ _PR_SET_PDEATHSIG = 1
 
 class PostgresError(RuntimeError):
     """PostgreSQL could not be set up; the message says why and where the log is."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def find_bin_dir() -> Path:

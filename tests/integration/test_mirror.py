@@ -5,6 +5,7 @@ a real outage (the server stopped and started again) and `db check`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import threading
@@ -21,7 +22,7 @@ from sqlalchemy import text
 from localdev.postgres import PostgresServer
 from plugin_operator import cli_db
 from plugin_operator.config import Settings
-from plugin_operator.domain.mirror_rows import InstallRow, install_row, rows_from_objects, update_row
+from plugin_operator.domain.mirror_rows import QUEUE_STATUS, InstallRow, install_row, rows_from_objects, update_row
 from plugin_operator.mirror import Mirror, MirrorService
 from plugin_operator.mirror.models import PENDING_PREDICATE
 
@@ -74,20 +75,26 @@ def ws() -> str:
 # -- fixtures ---------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _migrated(url: str) -> Iterator[Mirror]:
+    m = Mirror(url)
+    m.upgrade()
+    try:
+        yield m
+    finally:
+        m.close()
+
+
 @pytest.fixture
 def mirror(database_url: str) -> Iterator[Mirror]:
-    m = Mirror(database_url)
-    m.upgrade()
-    yield m
-    m.close()
+    with _migrated(database_url) as m:
+        yield m
 
 
 @pytest.fixture
 def platform_mirror(platform_database_url: str) -> Iterator[Mirror]:
-    m = Mirror(platform_database_url)
-    m.upgrade()
-    yield m
-    m.close()
+    with _migrated(platform_database_url) as m:
+        yield m
 
 
 def query(m: Mirror, sql: str, **params: Any) -> list[Any]:
@@ -241,17 +248,7 @@ def test_a_workspace_that_is_not_a_uuid_is_skipped_with_a_warning(
 # -- plugin_update_queue ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("state", "status"),
-    [
-        ("Pending", "pending"),
-        ("Applying", "pending"),
-        ("Failed", "pending"),
-        ("Applied", "applied"),
-        ("Dismissed", "dismissed"),
-        ("Superseded", "dismissed"),
-    ],
-)
+@pytest.mark.parametrize(("state", "status"), sorted(QUEUE_STATUS.items()))
 def test_queue_status_follows_the_update_state(mirror: Mirror, state: str, status: str) -> None:
     obj = plugin_update(ws(), "review", SHA["1"], state=state)
     mirror.upsert_update(update_row(obj))
