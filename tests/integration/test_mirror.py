@@ -528,10 +528,10 @@ def test_mirror_writes_recover_after_a_server_restart(private_postgres_server: P
         m.close()
 
 
-async def test_the_background_loop_catches_up_at_start(database_url: str) -> None:
-    service = MirrorService.from_url(database_url)
+async def test_the_background_loop_migrates_and_catches_up_at_start(database_url: str) -> None:
+    settings = Settings.from_env({"DATABASE_URL": database_url})
+    service = MirrorService.from_settings(settings)  # tables created by its first resync
     assert service.mirror is not None and service.needs_resync  # a new service starts dirty
-    service.mirror.upgrade()
     w = ws()
     service.start(_state({"review": plugin_install(w, "review")}, {}), interval=0.05)
     try:

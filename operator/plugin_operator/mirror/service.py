@@ -1,11 +1,18 @@
 """The mirror as the handlers see it: async, forgiving, self-healing.
 
-    mirror = MirrorService.from_settings(settings)      # disabled without DATABASE_URL
-    await mirror.install_changed(body, status=new_status)
-    await mirror.update_changed(body)
-    mirror.start(list_objects)                          # background resync loop
-    ...
-    await mirror.close()
+    # on.startup: build once, keep in memo; the loop also migrates and catches up
+    memo.mirror = MirrorService.from_settings(settings)    # disabled without DATABASE_URL
+    memo.mirror.start(list_objects, full_resync_every=settings.reconcile_interval)
+    # handlers
+    await memo.mirror.install_changed(body, status=new_status)
+    await memo.mirror.install_deleted(body)                 # from the finalizer
+    await memo.mirror.update_changed(body, status=new_status)
+    await memo.mirror.update_deleted(body)
+    # on.cleanup
+    await memo.mirror.close()
+
+`list_objects` is an async callable returning (all PluginInstalls, all
+PluginUpdates) of every namespace as dicts, e.g. two `Kube.list` calls.
 
 Kubernetes is the source of truth and the mirror never blocks an install, an
 uninstall or an approval (design §1, §7): no method raises. A failed write
@@ -33,7 +40,7 @@ from plugin_operator.domain.mirror_rows import (
     rows_from_objects,
     update_row,
 )
-from plugin_operator.mirror.store import Mirror
+from plugin_operator.mirror.store import Mirror, ResyncResult
 from plugin_operator.mirror.urls import safe_url
 
 logger = logging.getLogger(__name__)
@@ -52,8 +59,11 @@ class MirrorService:
     """See the module docstring. Construct with `from_settings`, `from_url`
     or `disabled`."""
 
-    def __init__(self, mirror: Mirror | None, *, retry_writes_after: float = 30.0) -> None:
+    def __init__(
+        self, mirror: Mirror | None, *, upgrade_schema: bool = False, retry_writes_after: float = 30.0
+    ) -> None:
         self._mirror = mirror
+        self._schema_pending = upgrade_schema  # run the migrations before the first resync
         self._needs_resync = mirror is not None  # catch up with what changed while we were away
         self._outage_since: float | None = None
         self._retry_writes_after = retry_writes_after
@@ -70,11 +80,15 @@ class MirrorService:
         return cls(Mirror(url), **kwargs)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> MirrorService:
+    def from_settings(cls, settings: Settings, *, upgrade_schema: bool = True) -> MirrorService:
+        """Off without DATABASE_URL. By default the first resync also brings
+        the tables up to date (idempotent, only what is absent, safe with
+        several replicas); pass upgrade_schema=False where `plugin-operator db
+        upgrade` runs as a separate step."""
         if not settings.database_url:
             logger.info("Postgres mirror off: DATABASE_URL is not set")
             return cls.disabled()
-        return cls.from_url(settings.database_url)
+        return cls.from_url(settings.database_url, upgrade_schema=upgrade_schema)
 
     @property
     def enabled(self) -> bool:
@@ -88,6 +102,10 @@ class MirrorService:
     @property
     def mirror(self) -> Mirror | None:
         return self._mirror
+
+    def request_resync(self) -> None:
+        """Have the loop rewrite the tables from the cluster on its next pass."""
+        self._needs_resync = self._mirror is not None
 
     # -- writes from the handlers ---------------------------------------------
 
@@ -155,9 +173,16 @@ class MirrorService:
             return True
         desired = rows_from_objects(installs, updates)
         mirror = self._mirror
+
+        def upgrade_and_resync() -> ResyncResult:
+            if self._schema_pending:
+                mirror.upgrade()
+                self._schema_pending = False
+            return mirror.resync(desired.installs.values(), desired.updates.values())
+
         async with self._lock:
             try:
-                result = await asyncio.to_thread(mirror.resync, desired.installs.values(), desired.updates.values())
+                result = await asyncio.to_thread(upgrade_and_resync)
             except Exception as err:
                 self._failed("resync", err)
                 return False
