@@ -101,6 +101,7 @@ VALID_PLUGIN_INSTALLS = [
     {"source": "code-review", "track": "none"},
     {"source": "github://acme/plugins/review#v1.2.0", "track": "ref:v1.2.0"},
     {"source": "github://acme/lint-rules#main", "track": "main"},
+    {"source": "github://Acme/Lint-Rules.git#feature=x", "track": "ref:feature=x"},
     {"source": "github://acme/lint-rules", "track": "tag:latest"},
     {"source": "github://acme/lint-rules", "track": "semver:^1.2"},
     {"source": "github://acme/lint-rules", "track": "semver:>=1.0.0 <2.0.0"},
@@ -135,7 +136,7 @@ def test_valid_plugininstalls_are_accepted_with_defaults(kube: LocalCluster, nam
         "updatePolicy": "Manual",
         "suspend": False,
     }
-    assert by_name["pli-9"]["restart"] == "None"
+    assert by_name["pli-10"]["restart"] == "None"
     # The category and the printer columns serve `kubectl get plugins`.
     table = kube.kubectl("get", "plugins", "-n", namespace).stdout
     header = table.splitlines()[0].split()
@@ -164,14 +165,15 @@ INVALID_PLUGIN_INSTALLS = [
     pytest.param(
         {"source": "github://o/r", "track": "ref:-x"}, "spec.track", "must not start with '-'", id="option-like-ref"
     ),
-    pytest.param({"source": "github://-o/r"}, "spec.source", "must not start with '-'", id="option-like-owner"),
+    pytest.param({"source": "github://-o/r"}, "spec.source", "starts with '-' or '.'", id="option-like-owner"),
     pytest.param({"source": "github://o/../r"}, "spec.source", "'..' or '.git' path segment", id="dotdot-segment"),
     pytest.param({"source": "github://o/r/.git/x"}, "spec.source", "'..' or '.git' path segment", id="dot-git-segment"),
-    pytest.param({"source": "github://o/r#"}, "spec.source", "non-empty git ref", id="empty-ref"),
+    pytest.param({"source": "github://o/r#"}, "spec.source", "1 to 255", id="empty-ref"),
     pytest.param({"source": "github://o/r#a..b"}, "spec.source", "not a valid git ref name", id="dotdot-ref"),
     pytest.param({"source": "github://o/r#a b"}, "spec.source", "no whitespace", id="whitespace-ref"),
     pytest.param({"source": "github://o"}, "spec.source", "github://<owner>/<repo>", id="github-without-repo"),
-    pytest.param({"source": "github://o/Repo"}, "spec.source", "plugin name", id="uppercase-plugin-name"),
+    pytest.param({"source": "github://o/_private"}, "spec.source", "plugin name", id="bad-plugin-name"),
+    pytest.param({"source": "github://o/.github"}, "spec.source", "starts with '-' or '.'", id="dot-repo"),
     pytest.param({"source": "local://Bad"}, "spec.source", "local plugin", id="uppercase-local-name"),
     pytest.param({"source": "local://.."}, "spec.source", "local plugin", id="dotdot-local-name"),
     pytest.param({"source": "github://o/r", "track": "sha:ABC"}, "spec.track", "40-character", id="short-sha"),

@@ -12,6 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
+from plugin_operator.domain.errors import InvalidSpec
+from plugin_operator.domain.source import parse_source
+from plugin_operator.domain.track import parse_track
+from tests.integration.test_smoke import INVALID_PLUGIN_INSTALLS, VALID_PLUGIN_INSTALLS
+
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 CRD_FILES = sorted(CRD_DIR.glob("*.yaml"))
 
@@ -99,3 +104,25 @@ def test_pluginupdate_printer_columns_follow_the_contract() -> None:
         c["name"].upper() for c in crd["spec"]["versions"][0]["additionalPrinterColumns"] if not c.get("priority")
     ]
     assert columns == ["WORKSPACE", "PLUGIN", "FROM", "TO", "STATE", "AGE"]
+
+
+# -- the CRD and the domain grammar agree (the corpus is the one the
+# integration tests check against a real apiserver) ---------------------------------------------
+
+
+GRAMMAR_FIELDS = ("spec.source", "spec.track")
+
+
+@pytest.mark.parametrize("spec", VALID_PLUGIN_INSTALLS)
+def test_what_the_crd_accepts_the_domain_parses(spec: dict[str, Any]) -> None:
+    source = parse_source(spec["source"], allow_unpinned=True)
+    parse_track(spec.get("track"), source)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "fragment"), [p for p in INVALID_PLUGIN_INSTALLS if p.values[1] in GRAMMAR_FIELDS]
+)
+def test_what_the_crd_refuses_the_domain_refuses(spec: dict[str, Any], field: str, fragment: str) -> None:
+    full = {"source": "local://code-review", **spec}
+    with pytest.raises(InvalidSpec):
+        parse_track(full.get("track"), parse_source(full["source"], allow_unpinned=True))
