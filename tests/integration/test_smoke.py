@@ -387,3 +387,101 @@ def test_deploy_base_is_accepted_and_rbac_is_least_privilege(kube: LocalCluster,
 
     assert can_i(kube, "create", "pods/exec", namespace)
     assert not can_i(kube, "create", "pods/exec", "default")
+
+
+# -- status: what the operator writes is kept whole and shown by kubectl get ------------------
+
+
+NOW = "2026-01-02T03:04:05Z"
+
+
+def ready(status: str, reason: str, message: str = "") -> dict[str, Any]:
+    return {"type": "Ready", "status": status, "reason": reason, "message": message, "lastTransitionTime": NOW}
+
+
+def test_plugininstall_status_is_kept_whole_and_printed(kube: LocalCluster, namespace: str) -> None:
+    apply(kube, namespace, plugin_install("review", source="github://acme/review#main"))
+    status = {
+        "observedGeneration": 1,
+        "pluginName": "review",
+        "sourceNormalized": "github://acme/review#main",
+        "trackedRef": "ref:main",
+        "installedSHA": SHA_C,
+        "installedShortSHA": SHA_C[:12],
+        "installedDigest": "d" * 64,
+        "installedAt": NOW,
+        "resolvedRef": "refs/heads/main",
+        "upstreamSHA": SHA_B,
+        "upstreamDigest": None,
+        "lastResolvedAt": NOW,
+        "pendingUpdate": "review-bbbbbbbbbbbb",
+        "dismissedSHAs": [SHA_A],
+        "observedResolve": None,
+        "message": "installed in 1 pod",
+        "pods": [{"name": "ws-0", "sha": SHA_C, "digest": "d" * 64, "time": NOW, "message": None}],
+        "conditions": [ready("True", "Installed", "installed in 1 pod")],
+    }
+    kube.kubectl(
+        "patch",
+        "pli",
+        "review",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
+
+    stored = json.loads(kube.kubectl("get", "pli", "review", "-n", namespace, "-o", "json").stdout)["status"]
+    assert stored == {key: value for key, value in status.items() if value is not None} | {
+        "pods": [{"name": "ws-0", "sha": SHA_C, "digest": "d" * 64, "time": NOW}]
+    }
+    row = kube.kubectl("get", "pli", "review", "-n", namespace, "--no-headers").stdout.split()
+    assert row[:8] == [
+        "review",
+        "ws-1",
+        "review",
+        "github://acme/review#main",
+        "ref:main",
+        SHA_C[:12],
+        "True",
+        "review-bbbbbbbbbbbb",
+    ]
+
+
+def test_pluginupdate_status_is_kept_whole_and_printed(kube: LocalCluster, namespace: str) -> None:
+    apply(kube, namespace, plugin_update("review-bbbbbbbbbbbb"))
+    status = {
+        "observedGeneration": 1,
+        "state": "Pending",
+        "fromShort": SHA_A[:12],
+        "toShort": SHA_B[:12],
+        "message": "waiting for approval",
+        "attempts": 0,
+        "conditions": [ready("False", "AwaitingApproval")],
+    }
+    kube.kubectl(
+        "patch", "plu", "review-bbbbbbbbbbbb", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": status}),
+    )  # fmt: skip
+
+    stored = json.loads(kube.kubectl("get", "plu", "review-bbbbbbbbbbbb", "-n", namespace, "-o", "json").stdout)
+    assert stored["status"] == status
+    header, row = kube.kubectl("get", "plu", "-n", namespace).stdout.splitlines()
+    assert header.split() == ["NAME", "WORKSPACE", "PLUGIN", "FROM", "TO", "STATE", "AGE"]
+    assert row.split()[:6] == ["review-bbbbbbbbbbbb", "ws-1", "review", SHA_A[:12], SHA_B[:12], "Pending"]
+
+    bad = {"status": {"state": "Done"}}
+    stderr = refused(
+        kube,
+        namespace,
+        "patch",
+        "plu",
+        "review-bbbbbbbbbbbb",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(bad),
+    )
+    assert "status.state" in stderr, stderr
