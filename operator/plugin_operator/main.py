@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import kopf
 
@@ -13,6 +14,8 @@ from plugin_operator.config import Settings
 
 def run(*, namespaces: list[str], liveness: str | None, peering: str | None) -> int:
     settings = Settings.from_env()  # fails fast with a message naming the variable
+    log_format = kopf.LogFormat.JSON if os.environ.get("PLUGIN_LOG_FORMAT", "json") == "json" else kopf.LogFormat.FULL
+    kopf.configure(log_format=log_format, verbose=os.environ.get("PLUGIN_LOG_DEBUG") == "true")
     logging.getLogger(__name__).info("starting with %s", settings.redacted())
     memo = kopf.Memo(namespaces=namespaces)
     asyncio.run(

@@ -23,10 +23,23 @@ def _raise_for(outcome: Outcome) -> None:
 @kopf.on.resume(GROUP, VERSION, UPDATES)
 @kopf.on.create(GROUP, VERSION, UPDATES)
 @kopf.on.update(GROUP, VERSION, UPDATES, field="spec")
-@kopf.on.field(GROUP, VERSION, UPDATES, field=["metadata", "annotations", RETRY_ANNOTATION])
 async def update_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """Approve, dismiss, apply (and re-apply on the retry annotation)."""
+    """Approve, dismiss, apply."""
     _raise_for(await updates.reconcile_update(memo.deps, namespace, name))
+
+
+# Requests by annotation are level-triggered: a value not yet recorded in
+# status is acted on once. (kopf hides annotations under the operator's own
+# prefix from its diffs, so these are watched as raw events.)
+
+
+@kopf.on.event(GROUP, VERSION, UPDATES)
+async def retry_requested(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """`kubectl annotate plu NAME plugins.workspace.dev/retry=$(date +%s) --overwrite`."""
+    asked = (body["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION)
+    if asked and asked != (body.get("status") or {}).get("observedRetry"):
+        meta = body["metadata"]
+        await updates.retry_update(memo.deps, meta["namespace"], meta["name"], asked)
 
 
 @kopf.on.delete(GROUP, VERSION, UPDATES, optional=True)
@@ -34,8 +47,10 @@ async def update_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await memo.deps.mirror.update_deleted(dict(body))
 
 
-@kopf.on.field(GROUP, VERSION, INSTALLS, field=["metadata", "annotations", RESOLVE_ANNOTATION])
-async def resolve_requested(name: str, namespace: str, new: Any, memo: kopf.Memo, **_: Any) -> None:
+@kopf.on.event(GROUP, VERSION, INSTALLS)
+async def resolve_requested(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """`kubectl annotate pli NAME plugins.workspace.dev/resolve=$(date +%s) --overwrite`."""
-    if new:
-        await updates.resolve_now(memo.deps, namespace, name)
+    asked = (body["metadata"].get("annotations") or {}).get(RESOLVE_ANNOTATION)
+    if asked and asked != (body.get("status") or {}).get("observedResolve"):
+        meta = body["metadata"]
+        await updates.resolve_now(memo.deps, meta["namespace"], meta["name"], asked)

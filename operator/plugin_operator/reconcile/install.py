@@ -83,6 +83,7 @@ _STATUS_KEYS = (
     "upstreamSHA",
     "lastResolvedAt",
     "pendingUpdate",
+    "observedResolve",
     "pods",
 )
 

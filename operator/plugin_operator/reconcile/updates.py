@@ -86,12 +86,15 @@ async def sweep_forever(deps: Deps, namespaces: Sequence[str]) -> None:
         await asyncio.sleep(interval * random.uniform(0.9, 1.1))
 
 
-async def resolve_now(deps: Deps, namespace: str, name: str) -> None:
-    """The `plugins.workspace.dev/resolve` annotation: sweep one install now."""
+async def resolve_now(deps: Deps, namespace: str, name: str, request: str) -> None:
+    """The `plugins.workspace.dev/resolve` annotation: sweep one install now,
+    then record the request as handled (status.observedResolve)."""
     obj = await deps.kube.get(INSTALLS, namespace, name)
-    if obj is None or _tracked(obj, deps) is None:
+    if obj is None or (obj.get("status") or {}).get("observedResolve") == request:
         return
-    await sweep(deps, [obj])
+    if _tracked(obj, deps) is not None:
+        await sweep(deps, [obj])
+    await deps.kube.patch_status(INSTALLS, namespace, name, {"observedResolve": request})
 
 
 # -- one install ----------------------------------------------------------------
@@ -263,6 +266,7 @@ async def _set_update_state(
         "appliedAt": prev.get("appliedAt"),
         "supersededBy": superseded_by if superseded_by is not None else prev.get("supersededBy"),
         "attempts": prev.get("attempts", 0),
+        "observedRetry": prev.get("observedRetry"),
         "fromShort": (spec.get("fromSHA") or "")[:12] or None,
         "toShort": (spec.get("toSHA") or "")[:12] or None,
         "conditions": conditions,
@@ -334,6 +338,17 @@ async def reconcile_update(deps: Deps, namespace: str, name: str) -> Outcome:
     emit("Normal", "Applied", f"installed {to_sha[:12]} into workspace {spec.get('workspace')}")
     await _clear_pending(deps, namespace, install_name, name, "UpToDate", f"update {name} applied")
     return Outcome(ready=True, message="applied")
+
+
+async def retry_update(deps: Deps, namespace: str, name: str, request: str) -> Outcome:
+    """The `plugins.workspace.dev/retry` annotation: apply a Failed update again."""
+    update = await deps.kube.get(UPDATES, namespace, name)
+    if update is None or (update.get("status") or {}).get("observedRetry") == request:
+        return Outcome(ready=False, message="nothing to retry")
+    await deps.kube.patch_status(UPDATES, namespace, name, {"observedRetry": request})
+    if drift.update_state(update) != "Failed":
+        return Outcome(ready=True, message=f"not retried: the update is {drift.update_state(update)}")
+    return await reconcile_update(deps, namespace, name)
 
 
 async def _clear_pending(deps: Deps, namespace: str, install: str, update: str, reason: str, message: str) -> None:
