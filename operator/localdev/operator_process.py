@@ -58,7 +58,7 @@ class OperatorProcess:
             if self.popen.poll() is not None:
                 raise ClusterError(f"the operator exited with {self.popen.returncode}; log: {self.log}\n{self.tail()}")
             with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1):  # noqa: S310
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1):
                     return
             time.sleep(0.2)
         raise ClusterError(f"the operator did not become live in 60s; log: {self.log}\n{self.tail()}")

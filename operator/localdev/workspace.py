@@ -53,9 +53,7 @@ def statefulset(
     }
 
 
-def plugin_install(
-    name: str, namespace: str, workspace: str, source: str, **spec: Any
-) -> dict[str, Any]:
+def plugin_install(name: str, namespace: str, workspace: str, source: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "plugins.workspace.dev/v1alpha1",
         "kind": "PluginInstall",

@@ -15,6 +15,10 @@ from plugin_operator.domain.track import Track, parse_track
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _OPERATORS = {"In": "in", "NotIn": "notin"}
+Restart = Literal["Rollout", "None"]
+Policy = Literal["Manual", "Automatic"]
+_RESTARTS: dict[str, Restart] = {"Rollout": "Rollout", "None": "None"}
+_POLICIES: dict[str, Policy] = {"Manual": "Manual", "Automatic": "Automatic"}
 
 
 @dataclass(frozen=True)
@@ -23,8 +27,8 @@ class InstallSpec:
     source: Source
     track: Track
     container: str | None
-    restart: Literal["Rollout", "None"]
-    update_policy: Literal["Manual", "Automatic"]
+    restart: Restart
+    update_policy: Policy
     suspend: bool
     pod_selector: str
 
@@ -69,12 +73,12 @@ def parse_install_spec(spec: Mapping[str, Any], *, allow_unpinned: bool) -> Inst
     source = parse_source(raw_source, allow_unpinned=allow_unpinned)
     track = parse_track(spec.get("track"), source)
     container = spec.get("container") or None
-    restart = spec.get("restart") or "Rollout"
-    policy = spec.get("updatePolicy") or "Manual"
-    if restart not in ("Rollout", "None"):
-        raise InvalidSpec(f"spec.restart: {restart!r}; expected Rollout or None")
-    if policy not in ("Manual", "Automatic"):
-        raise InvalidSpec(f"spec.updatePolicy: {policy!r}; expected Manual or Automatic")
+    restart = _RESTARTS.get(spec.get("restart") or "Rollout")
+    policy = _POLICIES.get(spec.get("updatePolicy") or "Manual")
+    if restart is None:
+        raise InvalidSpec(f"spec.restart: {spec.get('restart')!r}; expected Rollout or None")
+    if policy is None:
+        raise InvalidSpec(f"spec.updatePolicy: {spec.get('updatePolicy')!r}; expected Manual or Automatic")
     return InstallSpec(
         workspace=workspace,
         source=source,

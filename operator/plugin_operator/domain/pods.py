@@ -47,9 +47,10 @@ def configs_dir(container: Mapping[str, Any], pod_meta: Mapping[str, Any]) -> st
     known: dict[str, str] = {}
     for env in container.get("env") or []:
         name = env.get("name")
-        value = env.get("value")
-        if isinstance(value, str):
-            value = _VAR_REF.sub(lambda m: known.get(m.group(1), m.group(0)), value)
+        raw = env.get("value")
+        value: str | None
+        if isinstance(raw, str):
+            value = _VAR_REF.sub(lambda m: known.get(m.group(1), m.group(0)), raw)
         else:
             field_path = _get(env, "valueFrom", "fieldRef", "fieldPath")
             value = str(pod_meta.get(_FIELD_REFS[field_path], "")) if field_path in _FIELD_REFS else None

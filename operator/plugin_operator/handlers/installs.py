@@ -27,14 +27,14 @@ def _raise_for(outcome: Outcome) -> None:
 @kopf.on.resume(GROUP, VERSION, INSTALLS)
 @kopf.on.create(GROUP, VERSION, INSTALLS)
 @kopf.on.update(GROUP, VERSION, INSTALLS, field="spec")
-async def install_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    _raise_for(await reconcile_install(memo.deps, namespace, name))
+async def install_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _raise_for(await reconcile_install(memo.deps, str(namespace), name))
 
 
 @kopf.timer(GROUP, VERSION, INSTALLS, interval=_SETTINGS.reconcile_interval, initial_delay=_SETTINGS.reconcile_interval)
-async def install_periodic(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def install_periodic(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     # Level-triggered safety net: drifted pods, pods missed while down.
-    await reconcile_install(memo.deps, namespace, name)
+    await reconcile_install(memo.deps, str(namespace), name)
 
 
 @kopf.on.delete(GROUP, VERSION, INSTALLS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -24,11 +24,28 @@ from plugin_operator.staging import Stager
 log = logging.getLogger(__name__)
 
 
-def _emitter(obj: Mapping[str, Any]) -> Emit:
-    def emit(type_: str, reason: str, message: str) -> None:
-        kopf.event(dict(obj), type=type_, reason=reason, message=message[:1024])
+_posting: set[asyncio.Task[None]] = set()
 
-    return emit
+
+def _emitter_for(kube: Kube) -> Callable[[Mapping[str, Any]], Emit]:
+    """Events are posted in the background (never blocking or failing a
+    reconcile), from any task: handlers, the sweep, pod arrivals."""
+
+    def emitter(obj: Mapping[str, Any]) -> Emit:
+        def emit(type_: str, reason: str, message: str) -> None:
+            async def post() -> None:
+                try:
+                    await kube.post_event(obj, type_, reason, message)
+                except Exception as exc:  # an Event is best effort
+                    log.warning("could not post event %s on %s: %s", reason, obj["metadata"].get("name"), exc)
+
+            task = asyncio.get_running_loop().create_task(post())
+            _posting.add(task)
+            task.add_done_callback(_posting.discard)
+
+        return emit
+
+    return emitter
 
 
 @kopf.on.startup()
@@ -54,7 +71,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         executor=PodExecutor(concurrency=config.pod_concurrency, timeout=config.exec_timeout),
         mirror=MirrorService.from_settings(config),
         restarter=Restarter(kube.rollout_restart),
-        emitter=_emitter,
+        emitter=_emitter_for(kube),
     )
     memo.settings = config
 

@@ -23,9 +23,9 @@ def _raise_for(outcome: Outcome) -> None:
 @kopf.on.resume(GROUP, VERSION, UPDATES)
 @kopf.on.create(GROUP, VERSION, UPDATES)
 @kopf.on.update(GROUP, VERSION, UPDATES, field="spec")
-async def update_changed(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def update_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Approve, dismiss, apply."""
-    _raise_for(await updates.reconcile_update(memo.deps, namespace, name))
+    _raise_for(await updates.reconcile_update(memo.deps, str(namespace), name))
 
 
 # Requests by annotation are level-triggered: a value not yet recorded in

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,6 +66,31 @@ class Kube:
         )
         await self._call(patch, name, namespace, body)
 
+    async def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about one of our objects (what `kubectl describe` shows)."""
+        meta = obj["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name'][:200]}.", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=obj.get("apiVersion"),
+                kind=obj.get("kind"),
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid"),
+            ),
+            reason=reason[:128],
+            message=message[:1024],
+            type=type_,
+            source=client.V1EventSource(component="plugin-operator"),
+            reporting_component="plugins.workspace.dev/plugin-operator",
+            reporting_instance=os.environ.get("HOSTNAME", "plugin-operator"),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        await self._call(self.core.create_namespaced_event, meta["namespace"], body)
+
     # Our resources ------------------------------------------------------------
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -96,9 +123,10 @@ class Kube:
     async def create(self, plural: str, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create; None when it already exists (a retried creation is a no-op)."""
         try:
-            return await self._call(
+            created: dict[str, Any] = await self._call(
                 self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body
-            )  # type: ignore[no-any-return]
+            )
+            return created
         except ApiException as exc:
             if exc.status == 409:
                 return None

@@ -251,8 +251,8 @@ async def _claim_winner(deps: Deps, obj: Mapping[str, Any], spec: InstallSpec) -
         except PluginError:
             continue
         if name == spec.plugin:
-            claims.append((other["metadata"].get("creationTimestamp", ""), other["metadata"]["name"]))
-    return min(claims)[1] if claims else meta["name"]
+            claims.append((str(other["metadata"].get("creationTimestamp", "")), str(other["metadata"]["name"])))
+    return min(claims)[1] if claims else str(meta["name"])
 
 
 # -- reconcile ---------------------------------------------------------------------
@@ -290,6 +290,8 @@ async def _reconcile_locked(deps: Deps, obj: Mapping[str, Any], *, target_sha: s
         return await _stalled(deps, obj, conflict, emit, spec=spec)
 
     at = now_text()
+    sha: str | None
+    ref: str | None
     try:
         same_source = prev.get("sourceNormalized") == spec.source.normalized and prev.get("installedDigest")
         if target_sha is not None:

@@ -48,7 +48,7 @@ def _tracked(obj: Mapping[str, Any], deps: Deps) -> InstallSpec | None:
 async def sweep(deps: Deps, installs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """One pass over the given installs. Returns counts for the log line."""
     tracked = [(obj, spec) for obj in installs if (spec := _tracked(obj, deps)) is not None]
-    repos = {spec.source.repo_key: spec.source for _, spec in tracked}
+    repos = {str(spec.source.repo_key): spec.source for _, spec in tracked}
     calls_before = deps.resolver.git_calls
     for source in repos.values():
         deps.resolver.forget(source)  # a sweep always asks upstream afresh
@@ -61,7 +61,7 @@ async def sweep(deps: Deps, installs: Sequence[Mapping[str, Any]]) -> dict[str, 
 
     tables = dict(zip(repos, await asyncio.gather(*(table_for(k) for k in repos)), strict=True))
     for obj, spec in tracked:
-        table = tables[spec.source.repo_key]
+        table = tables[str(spec.source.repo_key)]
         await check_install(deps, obj["metadata"]["namespace"], obj["metadata"]["name"], table)
     return {"installs": len(tracked), "repositories": len(repos), "git_calls": deps.resolver.git_calls - calls_before}
 
@@ -73,7 +73,8 @@ async def sweep_forever(deps: Deps, namespaces: Sequence[str]) -> None:
     while True:
         try:
             installs: list[dict[str, Any]] = []
-            for namespace in namespaces or [None]:
+            scopes: list[str | None] = [*namespaces] or [None]
+            for namespace in scopes:
                 installs += await deps.kube.list(INSTALLS, namespace)
             counts = await sweep(deps, installs)
             log.info(
