@@ -254,3 +254,32 @@ def test_suspend_stops_sweeping(env: Env) -> None:
     env.annotate("pli", "sus", RESOLVE)
     time.sleep(3)
     assert _updates(env) == []
+
+
+def test_a_failed_apply_keeps_the_old_plugin_backs_off_and_retries_on_request(env: Env) -> None:
+    first = env.git.create_repo("acme", "flaky", plugin_files("flaky", "1.0.0"))
+    env.workspace("wsd11", replicas=1)
+    env.install("flaky", "wsd11", "github://acme/flaky#main", restart="None")
+    env.wait_condition("pli", "flaky", "Ready")
+    second = env.git.commit("acme", "flaky", plugin_files("flaky", "2.0.0"))
+    _sweep(env, "flaky")
+    name = f"flaky-{second[:12]}"
+    env.wait_for("Pending", lambda: _state(env, name) == "Pending")
+
+    # The pod's configs dir turns into a symlink: the pod script refuses it.
+    (pod_dir,) = env.pod_dirs("wsd11")
+    real = pod_dir.with_name(pod_dir.name + ".real")
+    pod_dir.rename(real)
+    pod_dir.symlink_to(real)
+    env.k("patch", "pluginupdate", name, "--type=merge", "-p", '{"spec":{"approved":true}}')
+    env.wait_for("Failed", lambda: _state(env, name) == "Failed")
+    assert "symlink" in env.jsonpath("plu", name, "{.status.message}")
+    assert env.marker(real, "flaky")["sha"] == first  # type: ignore[index]
+    assert env.jsonpath("pli", "flaky", "{.status.installedSHA}") == first
+
+    pod_dir.unlink()
+    real.rename(pod_dir)
+    env.annotate("plu", name, "plugins.workspace.dev/retry")
+    env.wait_condition("plu", name, "Applied", timeout=60)
+    assert env.marker(pod_dir, "flaky")["sha"] == second  # type: ignore[index]
+    assert int(env.jsonpath("plu", name, "{.status.attempts}")) >= 2

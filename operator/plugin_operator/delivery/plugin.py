@@ -2,46 +2,21 @@
 
 from __future__ import annotations
 
-import io
-import os
-import tarfile
-from pathlib import Path
-
 from plugin_operator.delivery.exec import PodExecutor, PodTarget, new_token
+from plugin_operator.domain.errors import InvalidPlugin
 from plugin_operator.domain.marker import MARKER_FILE, Marker, parse_marker
+from plugin_operator.staging import StagedPlugin, tar_stream
 
 
-def tar_with_marker(tree: Path, marker: bytes) -> tuple[bytes, int]:
-    """An uncompressed tar of a staged tree (regular files and dirs only,
-    ownership and modes normalised) plus the marker; and the file count."""
-    buf = io.BytesIO()
-    files = 0
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for dirpath, dirnames, filenames in os.walk(tree):
-            dirnames.sort()
-            rel_dir = Path(dirpath).relative_to(tree)
-            for d in dirnames:
-                info = tarfile.TarInfo(str(rel_dir / d))
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            for f in sorted(filenames):
-                path = Path(dirpath) / f
-                if path.is_symlink() or not path.is_file():
-                    continue  # staging refuses these; never ship them
-                rel = rel_dir / f
-                if str(rel) == MARKER_FILE:
-                    continue
-                info = tarfile.TarInfo(str(rel))
-                info.size = path.stat().st_size
-                info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
-                with path.open("rb") as fh:
-                    tar.addfile(info, fh)
-                files += 1
-        info = tarfile.TarInfo(MARKER_FILE)
-        info.size, info.mode = len(marker), 0o644
-        tar.addfile(info, io.BytesIO(marker))
-        files += 1
-    return buf.getvalue(), files
+def check_deliverable(staged: StagedPlugin) -> None:
+    if (staged.path / MARKER_FILE).exists():
+        raise InvalidPlugin(f"the plugin tree holds {MARKER_FILE}, a name reserved for the operator's marker")
+
+
+def payload(staged: StagedPlugin, marker: bytes) -> tuple[bytes, int]:
+    """The tar to deliver (the staged tree plus the marker) and its file count,
+    which the pod script checks before swapping the tree in."""
+    return tar_stream(staged, {MARKER_FILE: marker}), staged.files + 1
 
 
 async def read_installed(executor: PodExecutor, target: PodTarget, name: str) -> Marker | None:

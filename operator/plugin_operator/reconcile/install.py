@@ -301,6 +301,7 @@ async def _reconcile_locked(deps: Deps, obj: Mapping[str, Any], *, target_sha: s
         else:
             sha, ref = await resolve_install_target(deps, spec)
         staged = await deps.stager.stage(spec.source, sha)
+        delivery.check_deliverable(staged)
     except PluginError as exc:
         if exc.permanent:
             return await _stalled(deps, obj, exc, emit, spec=spec)
@@ -311,7 +312,7 @@ async def _reconcile_locked(deps: Deps, obj: Mapping[str, Any], *, target_sha: s
 
     def payload() -> tuple[bytes, int]:
         if not payload_cache:
-            payload_cache.append(delivery.tar_with_marker(staged.path, want.to_bytes(at)))
+            payload_cache.append(delivery.payload(staged, want.to_bytes(at)))
         return payload_cache[0]
 
     pods = await deps.kube.list_pods(namespace, spec.pod_selector)

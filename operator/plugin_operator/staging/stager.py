@@ -38,7 +38,7 @@ import stat
 import tarfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -411,10 +411,11 @@ class Stager:
             total -= size
 
 
-def tar_stream(staged: StagedPlugin) -> bytes:
+def tar_stream(staged: StagedPlugin, extra: Mapping[str, bytes] | None = None) -> bytes:
     """An uncompressed tar of the staged tree for delivery into a pod:
     relative paths, sorted, directories 0755, files 0644 (0755 when
-    executable), owner 0:0, mtime 0, regular files and directories only."""
+    executable), owner 0:0, mtime 0, regular files and directories only;
+    then the `extra` files (top-level names, e.g. the delivery marker)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
         root = staged.path
@@ -432,6 +433,8 @@ def tar_stream(staged: StagedPlugin) -> bytes:
                 mode = 0o755 if st.st_mode & 0o111 else 0o644
                 with open(path, "rb") as handle:
                     tar.addfile(_tarinfo(relpath, tarfile.REGTYPE, mode, st.st_size), handle)
+        for relpath, content in (extra or {}).items():
+            tar.addfile(_tarinfo(relpath, tarfile.REGTYPE, 0o644, len(content)), io.BytesIO(content))
     return buffer.getvalue()
 
 
