@@ -26,12 +26,15 @@ class OperatorProcess:
         self.log = workdir / "operator.log"
         self.popen: subprocess.Popen[bytes] | None = None
         self.health_port = 0
+        self.metrics_port = 0
 
     def start(self) -> None:
         self.health_port = free_port()
+        self.metrics_port = free_port()
         env = {
             **self.cluster.env(),
             "PLUGIN_CACHE_DIR": str(self.workdir / "cache"),
+            "PLUGIN_METRICS_PORT": str(self.metrics_port),
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
@@ -78,6 +81,19 @@ class OperatorProcess:
     def kill(self) -> None:
         """SIGKILL, as a crashed or evicted operator pod."""
         self.stop(signal.SIGKILL)
+
+    def metrics(self) -> dict[str, float]:
+        """The operator's Prometheus metrics, as {'name{labels}': value}."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        found = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                found[key] = float(value)
+        return found
 
     def tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):

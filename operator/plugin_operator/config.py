@@ -48,6 +48,17 @@ def _parse_int(name: str, raw: str) -> int:
     return value
 
 
+def _parse_port(name: str, raw: str) -> int:
+    """A TCP port; 0 turns the endpoint off."""
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a port number (0 turns it off)") from None
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{name}={raw!r}: expected a port number between 0 and 65535")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     github_base_url: str = "https://github.com"
@@ -65,6 +76,7 @@ class Settings:
     exec_timeout: float = 120.0
     database_url: str | None = None
     pull_endpoint: str = ""
+    metrics_port: int = 9090
 
     def redacted(self) -> str:
         """The settings for a log line: never the database password."""
@@ -115,4 +127,5 @@ class Settings:
             exec_timeout=dur("PLUGIN_EXEC_TIMEOUT", defaults.exec_timeout),
             database_url=get("DATABASE_URL"),
             pull_endpoint=get("PLUGIN_PULL_ENDPOINT") or "",
+            metrics_port=_parse_port("PLUGIN_METRICS_PORT", get("PLUGIN_METRICS_PORT") or "9090"),
         )

@@ -241,6 +241,10 @@ def test_automatic_policy_applies_by_itself_and_the_timer_sweeps_once_per_reposi
     assert all(u["spec"].get("approved") for u in _updates(env))
     sweeps = [s for s in env.sweeps() if s["installs"] == 3]
     assert sweeps and all(s["repositories"] == 1 and s["git_calls"] == 1 for s in sweeps)
+    metrics = env.operator.metrics()
+    assert metrics["plugin_operator_sweeps_total"] >= len(sweeps)
+    assert metrics["plugin_operator_git_ls_remote_calls"] >= len(sweeps)
+    assert metrics['plugin_operator_installs_total{outcome="installed"}'] >= 6  # 3 first installs, 3 applies
 
 
 def test_suspend_stops_sweeping(env: Env) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from plugin_operator import GROUP
+from plugin_operator import GROUP, metrics
 from plugin_operator.config import Settings
 from plugin_operator.delivery.exec import PodExecutor
 from plugin_operator.git.resolver import Resolver
@@ -74,6 +74,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         emitter=_emitter_for(kube),
     )
     memo.settings = config
+    metrics.serve(config.metrics_port, lambda: resolver.git_calls, lambda: memo.deps.stager.fetches)
 
     async def list_objects() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return await kube.list(INSTALLS), await kube.list(UPDATES)

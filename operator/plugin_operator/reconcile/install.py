@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from plugin_operator import metrics
 from plugin_operator.config import Settings
 from plugin_operator.delivery import plugin as delivery
 from plugin_operator.delivery.exec import PodExecutor, PodTarget
@@ -66,6 +67,7 @@ class Outcome:
     ready: bool
     retry_after: float | None = None  # a temporary failure: try again later
     message: str = ""
+    kind: str = "current"  # for the metrics: installed, current, failed, stalled, suspended
 
 
 # -- status -----------------------------------------------------------------
@@ -269,6 +271,12 @@ async def reconcile_install(
 
 
 async def _reconcile_locked(deps: Deps, obj: Mapping[str, Any], *, target_sha: str | None) -> Outcome:
+    outcome = await _reconcile_steps(deps, obj, target_sha=target_sha)
+    metrics.INSTALLS.labels(outcome.kind).inc()
+    return outcome
+
+
+async def _reconcile_steps(deps: Deps, obj: Mapping[str, Any], *, target_sha: str | None) -> Outcome:
     meta = obj["metadata"]
     namespace, generation = meta["namespace"], int(meta.get("generation", 0))
     prev: Mapping[str, Any] = obj.get("status") or {}
@@ -280,7 +288,7 @@ async def _reconcile_locked(deps: Deps, obj: Mapping[str, Any], *, target_sha: s
     if spec.suspend:
         note = cond.Condition("Stalled", False, "Suspended", "spec.suspend is true: not reconciling")
         await write_status(deps, obj, whole_status(prev, generation, [note]), emit)
-        return Outcome(ready=False, message="suspended")
+        return Outcome(ready=False, message="suspended", kind="suspended")
     winner = await _claim_winner(deps, obj, spec)
     if winner != meta["name"]:
         conflict = Conflict(
@@ -338,7 +346,7 @@ async def _reconcile_locked(deps: Deps, obj: Mapping[str, Any], *, target_sha: s
         kept = {k: prev.get(k) for k in ("installedSHA", "installedDigest", "installedAt", "installedSkills")}
         status = whole_status(prev, generation, conditions, **{**base, **kept, "pods": pods_status})
         await write_status(deps, obj, status, emit)
-        return Outcome(ready=False, retry_after=15, message=message)
+        return Outcome(ready=False, retry_after=15, message=message, kind="failed")
 
     restart_note = ""
     if changed and spec.restart == "Rollout" and results:
@@ -361,7 +369,7 @@ async def _reconcile_locked(deps: Deps, obj: Mapping[str, Any], *, target_sha: s
         pods=pods_status,
     )
     await write_status(deps, obj, status, emit)
-    return Outcome(ready=True, message=message)
+    return Outcome(ready=True, message=message, kind="installed" if delivered or changed else "current")
 
 
 def _label(spec: InstallSpec, sha: str | None) -> str:
@@ -409,7 +417,8 @@ async def _stalled(
     changes = {"pluginName": spec.plugin, "trackedRef": spec.track.normalized} if spec else {}
     status = whole_status(prev, int(obj["metadata"].get("generation", 0)), conditions, **changes)
     await write_status(deps, obj, status, emit)
-    return Outcome(ready=False, message=exc.message)
+    metrics.ERRORS.labels(exc.reason).inc()
+    return Outcome(ready=False, message=exc.message, kind="stalled")
 
 
 async def _temporary(deps: Deps, obj: Mapping[str, Any], exc: PluginError, emit: Emit, *, spec: InstallSpec) -> Outcome:
@@ -419,7 +428,8 @@ async def _temporary(deps: Deps, obj: Mapping[str, Any], exc: PluginError, emit:
         conditions.append(cond.Condition("Installed", False, exc.reason, exc.message))
     status = whole_status(prev, int(obj["metadata"].get("generation", 0)), conditions, pluginName=spec.plugin)
     await write_status(deps, obj, status, emit)
-    return Outcome(ready=False, retry_after=30, message=exc.message)
+    metrics.ERRORS.labels(exc.reason).inc()
+    return Outcome(ready=False, retry_after=30, message=exc.message, kind="failed")
 
 
 # -- uninstall ---------------------------------------------------------------------
@@ -463,7 +473,7 @@ async def uninstall(deps: Deps, obj: Mapping[str, Any]) -> Outcome:
         if errors:
             message = f"uninstall of {plugin} failed in {len(errors)} pod(s): {'; '.join(errors[:3])}"
             emit("Warning", "UninstallFailed", message)
-            return Outcome(ready=False, retry_after=15, message=message)
+            return Outcome(ready=False, retry_after=15, message=message, kind="failed")
         note = ""
         if restart == "Rollout" and targets:
             note = await _restart(deps, namespace, pods, [p.name for p in targets])

@@ -12,12 +12,13 @@ exactly `toSHA` through the install reconcile.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from plugin_operator import GROUP, VERSION
+from plugin_operator import GROUP, VERSION, metrics
 from plugin_operator.domain import conditions as cond
 from plugin_operator.domain import drift
 from plugin_operator.domain.errors import PluginError
@@ -77,6 +78,8 @@ async def sweep_forever(deps: Deps, namespaces: Sequence[str]) -> None:
             for namespace in scopes:
                 installs += await deps.kube.list(INSTALLS, namespace)
             counts = await sweep(deps, installs)
+            metrics.SWEEPS.inc()
+            await _count_pending(deps, scopes)
             log.info(
                 "drift sweep: %(installs)d installs, %(repositories)d repositories, %(git_calls)d git calls", counts
             )
@@ -85,6 +88,18 @@ async def sweep_forever(deps: Deps, namespaces: Sequence[str]) -> None:
         except Exception:
             log.exception("drift sweep failed; next one as scheduled")
         await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+
+
+async def _count_pending(deps: Deps, scopes: Sequence[str | None]) -> None:
+    pending: list[dt.datetime] = []
+    for namespace in scopes:
+        for update in await deps.kube.list(UPDATES, namespace):
+            if drift.update_state(update) == "Pending" and not (update.get("spec") or {}).get("dismissed"):
+                created = update["metadata"].get("creationTimestamp", "")
+                pending.append(dt.datetime.fromisoformat(created.replace("Z", "+00:00")))
+    metrics.PENDING.set(len(pending))
+    oldest = (dt.datetime.now(dt.UTC) - min(pending)).total_seconds() if pending else 0.0
+    metrics.OLDEST_PENDING.set(oldest)
 
 
 async def resolve_now(deps: Deps, namespace: str, name: str, request: str) -> None:
