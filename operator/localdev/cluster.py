@@ -83,17 +83,18 @@ class _Proc:
     log: Path
 
 
-def _stop_group(proc: _Proc, grace: float = 10.0) -> None:
-    if proc.popen.poll() is not None:
+def stop_process_group(popen: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
+    """Signal a child's whole process group; SIGKILL it after `grace` seconds."""
+    if popen.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.popen.pid, signal.SIGTERM)
+        os.killpg(popen.pid, sig)
     try:
-        proc.popen.wait(grace)
+        popen.wait(grace)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.popen.pid, signal.SIGKILL)
-        proc.popen.wait()
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
 
 
 # -- PKI ---------------------------------------------------------------------
@@ -251,7 +252,7 @@ class LocalCluster:
             return
         self._closed = True
         for proc in reversed(self._procs):
-            _stop_group(proc)
+            stop_process_group(proc.popen)
         self._procs.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
 

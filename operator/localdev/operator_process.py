@@ -4,7 +4,6 @@ it runs in a pod, pointed at a local cluster. Tests kill and restart it."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from localdev.cluster import ClusterError, LocalCluster, free_port
+from localdev.cluster import ClusterError, LocalCluster, free_port, stop_process_group
 
 
 class OperatorProcess:
@@ -67,16 +66,8 @@ class OperatorProcess:
         raise ClusterError(f"the operator did not become live in 60s; log: {self.log}\n{self.tail()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, sig)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait()
+        if self.popen is not None:
+            stop_process_group(self.popen, sig, timeout)
 
     def kill(self) -> None:
         """SIGKILL, as a crashed or evicted operator pod."""

@@ -12,23 +12,19 @@ import kopf
 from plugin_operator import GROUP, VERSION
 from plugin_operator.config import Settings
 from plugin_operator.domain.pods import WORKSPACE_LABEL
+from plugin_operator.handlers.outcome import raise_for
 from plugin_operator.kube.api import INSTALLS
-from plugin_operator.reconcile.install import Deps, Outcome, reconcile_install, uninstall
+from plugin_operator.reconcile.install import Deps, reconcile_install, uninstall
 
 log = logging.getLogger(__name__)
 _SETTINGS = Settings.from_env()
-
-
-def _raise_for(outcome: Outcome) -> None:
-    if outcome.retry_after is not None:
-        raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
 
 
 @kopf.on.resume(GROUP, VERSION, INSTALLS)
 @kopf.on.create(GROUP, VERSION, INSTALLS)
 @kopf.on.update(GROUP, VERSION, INSTALLS, field="spec")
 async def install_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    _raise_for(await reconcile_install(memo.deps, str(namespace), name))
+    raise_for(await reconcile_install(memo.deps, str(namespace), name))
 
 
 @kopf.timer(GROUP, VERSION, INSTALLS, interval=_SETTINGS.reconcile_interval, initial_delay=_SETTINGS.reconcile_interval)
@@ -40,7 +36,7 @@ async def install_periodic(name: str, namespace: str | None, memo: kopf.Memo, **
 @kopf.on.delete(GROUP, VERSION, INSTALLS)
 async def install_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     outcome = await uninstall(memo.deps, dict(body))
-    _raise_for(outcome)
+    raise_for(outcome)
     await _kick_workspace(memo.deps, body["metadata"]["namespace"], (body.get("spec") or {}).get("workspace"))
 
 

@@ -7,17 +7,12 @@ from typing import Any
 import kopf
 
 from plugin_operator import GROUP, VERSION
+from plugin_operator.handlers.outcome import raise_for
 from plugin_operator.kube.api import INSTALLS, UPDATES
 from plugin_operator.reconcile import updates
-from plugin_operator.reconcile.install import Outcome
 
 RESOLVE_ANNOTATION = f"{GROUP}/resolve"
 RETRY_ANNOTATION = f"{GROUP}/retry"
-
-
-def _raise_for(outcome: Outcome) -> None:
-    if outcome.retry_after is not None:
-        raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
 
 
 @kopf.on.resume(GROUP, VERSION, UPDATES)
@@ -25,7 +20,7 @@ def _raise_for(outcome: Outcome) -> None:
 @kopf.on.update(GROUP, VERSION, UPDATES, field="spec")
 async def update_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Approve, dismiss, apply."""
-    _raise_for(await updates.reconcile_update(memo.deps, str(namespace), name))
+    raise_for(await updates.reconcile_update(memo.deps, str(namespace), name))
 
 
 # Requests by annotation are level-triggered: a value not yet recorded in
