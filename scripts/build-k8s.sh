@@ -23,12 +23,22 @@ export GOTOOLCHAIN=local
 
 log() { echo "build-k8s: $*" >&2; }
 
+# Each binary must run and report its pinned version. (Output is captured
+# first: `cmd | grep -q` can fail under pipefail when grep exits early.)
+reports() {
+  local want="$1" out
+  shift
+  [ -x "$1" ] || return 1
+  out="$("$@" 2>/dev/null)" || return 1
+  [[ "$out" == *"$want"* ]]
+}
+
 cache_ok() {
-  [ -x "$BIN_DIR/etcd" ] && "$BIN_DIR/etcd" --version >/dev/null 2>&1 || return 1
-  [ -x "$BIN_DIR/kube-apiserver" ] && "$BIN_DIR/kube-apiserver" --version 2>/dev/null | grep -q "$K8S_VERSION" || return 1
-  [ -x "$BIN_DIR/kube-controller-manager" ] && "$BIN_DIR/kube-controller-manager" --version 2>/dev/null | grep -q "$K8S_VERSION" || return 1
-  [ -x "$BIN_DIR/kubectl" ] && "$BIN_DIR/kubectl" version --client 2>/dev/null | grep -q "$K8S_VERSION" || return 1
-  [ -x "$BIN_DIR/kwok" ] && "$BIN_DIR/kwok" --version >/dev/null 2>&1 || return 1
+  reports "${ETCD_VERSION#v}" "$BIN_DIR/etcd" --version \
+    && reports "$K8S_VERSION" "$BIN_DIR/kube-apiserver" --version \
+    && reports "$K8S_VERSION" "$BIN_DIR/kube-controller-manager" --version \
+    && reports "$K8S_VERSION" "$BIN_DIR/kubectl" version --client \
+    && reports "$KWOK_VERSION" "$BIN_DIR/kwok" --version
 }
 
 # kwok's stock "fast" stages (the same set as its kustomize/stage/fast):
@@ -52,6 +62,13 @@ fi
 
 command -v go >/dev/null || { log "Go toolchain not found (need Go >= 1.26 for kwok $KWOK_VERSION)"; exit 1; }
 mkdir -p "$CACHE_ROOT" "$GOMODCACHE" "$GOCACHE"
+# One build at a time per cache: a concurrent caller waits, then finds it done.
+exec 9>"$CACHE_ROOT/build.lock"
+flock 9
+if cache_ok && write_stages; then
+  echo "$BIN_DIR"
+  exit 0
+fi
 STAGE="$(mktemp -d "$CACHE_ROOT/stage.XXXXXX")"
 trap 'rm -rf "$STAGE"' EXIT
 log "cache miss for $KEY: building (cold build takes 25-40 minutes on 2 cores); log: $LOG"
