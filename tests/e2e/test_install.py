@@ -255,3 +255,37 @@ def test_killing_the_operator_mid_delivery_never_shows_a_half_written_plugin(env
     for d in pod_dirs:
         assert env.marker(d, "heavy")["sha"] == sha  # type: ignore[index]
         assert not [p for p in (d / "plugins").iterdir() if p.name.startswith(".")]
+
+
+def test_two_installs_finishing_together_restart_the_workspace_once(env: Env) -> None:
+    files = {f"plugins/one/{k}": v for k, v in plugin_files("one").items()}
+    files.update({f"plugins/two/{k}": v for k, v in plugin_files("two").items()})
+    sha = env.git.create_repo("acme", "pair", files)
+    env.workspace("ws12", replicas=1)
+    generation = env.sts_generation("ws12")
+    both = [
+        {
+            "apiVersion": "plugins.workspace.dev/v1alpha1",
+            "kind": "PluginInstall",
+            "metadata": {"name": name, "namespace": env.namespace},
+            "spec": {"workspace": "ws12", "source": f"github://acme/pair/plugins/{name}#{sha}"},
+        }
+        for name in ("one", "two")
+    ]
+    env.kube.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": both}))
+    env.wait_condition("pli", "one", "Ready")
+    env.wait_condition("pli", "two", "Ready")
+    env.wait_for("a restart", lambda: env.sts_generation("ws12") > generation)
+    time.sleep(4)
+    assert env.sts_generation("ws12") == generation + 1, "one restart for both"
+
+
+def test_a_workspace_without_pods_does_not_block_deletion(env: Env) -> None:
+    sha = env.git.create_repo("acme", "lonely", plugin_files("lonely"))
+    env.workspace("ws13", replicas=1)
+    env.install("lonely", "ws13", f"github://acme/lonely#{sha}", restart="None")
+    env.wait_condition("pli", "lonely", "Ready")
+    env.k("delete", "statefulset", "ws-ws13", "--cascade=foreground", "--timeout=60s")
+    env.wait_for("no pods", lambda: env.running_pods("ws13") == 0)
+    env.k("delete", "pli", "lonely", "--timeout=30s", timeout=40)
+    assert env.k("get", "pli", "-o", "name") == ""
