@@ -8,7 +8,7 @@ setup:
 	@scripts/setup.sh
 
 demo: setup
-	@PLUGIN_OPERATOR_BIN="$$(scripts/build-k8s.sh)" $(VENV)/python -m localdev.demo
+	@PLUGIN_OPERATOR_BIN="$$(scripts/build-k8s.sh)" $(VENV)/python -m localdev.demo $(ARGS)
 
 lint: setup
 	$(VENV)/ruff check operator tests

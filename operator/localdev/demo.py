@@ -3,7 +3,9 @@
 Starts a local control plane (etcd, kube-apiserver, controller-manager, kwok),
 PostgreSQL, a loopback git server holding a demo plugin, the operator, and a
 demo workspace StatefulSet; applies a PluginInstall, waits until it is Ready,
-then prints kubectl commands to look around and keeps running until Ctrl-C.
+then publishes v1.1.0 upstream and asks for a sweep, so a pending
+PluginUpdate waits for approval; prints kubectl commands to look around
+(and to approve) and keeps running until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -36,6 +38,20 @@ DEMO_FILES = {
 
 def _stop_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def _await_pending(kube: LocalCluster, update: str, timeout: float = 60) -> None:
+    """`kubectl wait` fails at once on an object not created yet, so poll."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = kube.kubectl("get", "plu", "-n", "demo", "-o", "json").stdout
+        if any(
+            u["metadata"]["name"] == update and (u.get("status") or {}).get("state") == "Pending"
+            for u in json.loads(found)["items"]
+        ):
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"no pending PluginUpdate {update} after {timeout:.0f}s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,12 +89,24 @@ def main(argv: list[str] | None = None) -> int:
             "apply", "-f", "-", input=json.dumps(statefulset("workspace", "demo", WORKSPACE, configs, kube.node_name))
         )
         kube.kubectl("rollout", "status", "statefulset/workspace", "-n", "demo", "--timeout=60s")
-        install = plugin_install("hello-plugin", "demo", WORKSPACE, "github://demo/hello-plugin#v1.0.0")
+        install = plugin_install(
+            "hello-plugin", "demo", WORKSPACE, "github://demo/hello-plugin#v1.0.0", track="tag:latest"
+        )
         kube.kubectl("apply", "-f", "-", input=json.dumps(install))
         print("waiting for the PluginInstall to become Ready ...", flush=True)
         kube.kubectl("wait", "--for=condition=Ready", "pli/hello-plugin", "-n", "demo", "--timeout=90s", timeout=100)
 
         print(kube.kubectl("get", "pli", "-n", "demo").stdout)
+
+        print("publishing v1.1.0 upstream and asking for a sweep ...", flush=True)
+        newer = git.commit(
+            "demo", "hello-plugin", {**DEMO_FILES, "plugin.yaml": DEMO_FILES["plugin.yaml"].replace("1.0.0", "1.1.0")}
+        )
+        git.tag("demo", "hello-plugin", "v1.1.0", newer, annotated=True)
+        kube.kubectl("annotate", "pli/hello-plugin", "-n", "demo", f"plugins.workspace.dev/resolve={time.time():.0f}")
+        update = f"hello-plugin-{newer[:12]}"
+        _await_pending(kube, update)
+        print(kube.kubectl("get", "plu", "-n", "demo").stdout)
         print(
             f"""
 The demo is running. In another shell:
@@ -88,7 +116,8 @@ The demo is running. In another shell:
   kubectl describe pli hello-plugin -n demo     # conditions and events
   kubectl explain plugininstall.spec.track      # the API documents itself
   ls -R {configs}/workspace-0/plugins           # what landed in the workspace pod
-  kubectl get pluginupdates -n demo             # pending updates (none yet)
+  kubectl get pluginupdates -n demo             # v1.1.0 waits for approval
+  kubectl patch plu {update} -n demo --type=merge -p '{{"spec":{{"approved":true}}}}'
   psql '{pg.url.replace("+psycopg", "")}' -c 'table workspace_plugins'
 
 The operator's log: {operator.log}

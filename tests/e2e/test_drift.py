@@ -226,6 +226,7 @@ def test_a_commit_elsewhere_in_the_repository_is_recorded_without_an_update(env:
 
 @pytest.mark.operator_env(DRIFT_SWEEP_INTERVAL="3s")
 def test_automatic_policy_applies_by_itself_and_the_timer_sweeps_once_per_repository(env: Env) -> None:
+    started = time.monotonic()
     env.git.create_repo("acme", "auto", plugin_files("auto", "1.0.0"))
     for i in range(3):
         env.workspace(f"wsd9-{i}", replicas=1)
@@ -241,6 +242,8 @@ def test_automatic_policy_applies_by_itself_and_the_timer_sweeps_once_per_reposi
     assert all(u["spec"].get("approved") for u in _updates(env))
     sweeps = [s for s in env.sweeps() if s["installs"] == 3]
     assert sweeps and all(s["repositories"] == 1 and s["git_calls"] == 1 for s in sweeps)
+    # three installs' timers each look every 0.3 s; whole sweeps stay ~3 s apart
+    assert len(env.sweeps()) <= (time.monotonic() - started) / 2.7 + 1
     metrics = env.operator.metrics()
     assert metrics["plugin_operator_sweeps_total"] >= len(sweeps)
     assert metrics["plugin_operator_git_ls_remote_calls"] >= len(sweeps)

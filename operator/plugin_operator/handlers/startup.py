@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,7 +17,7 @@ from plugin_operator.kube.api import INSTALLS, UPDATES, Kube, load_config
 from plugin_operator.mirror.service import MirrorService
 from plugin_operator.reconcile.install import Deps, Emit
 from plugin_operator.reconcile.restart import Restarter
-from plugin_operator.reconcile.updates import sweep_forever
+from plugin_operator.reconcile.updates import Sweeper
 from plugin_operator.staging import Stager
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.posting.level = logging.INFO
+    # Our own Events say what changed (reconcile emits them); kopf posts only
+    # its warnings and errors, not a "succeeded" Event per timer firing.
+    settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60, 120]
 
@@ -80,16 +81,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         return await kube.list(INSTALLS), await kube.list(UPDATES)
 
     memo.deps.mirror.start(list_objects)
-    memo.sweeper = asyncio.create_task(sweep_forever(memo.deps, memo.namespaces), name="drift-sweep")
+    memo.sweeper = Sweeper(memo.deps, memo.namespaces)
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    sweeper: asyncio.Task[None] | None = getattr(memo, "sweeper", None)
+    sweeper: Sweeper | None = getattr(memo, "sweeper", None)
     if sweeper is not None:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        await sweeper.close()
     deps: Deps | None = getattr(memo, "deps", None)
     if deps is not None:
         await deps.mirror.close()

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import kopf
 
 from plugin_operator import GROUP, VERSION
+from plugin_operator.config import Settings
 from plugin_operator.handlers.outcome import raise_for
 from plugin_operator.kube.api import INSTALLS, UPDATES
 from plugin_operator.reconcile import updates
 
 RESOLVE_ANNOTATION = f"{GROUP}/resolve"
 RETRY_ANNOTATION = f"{GROUP}/retry"
+_SWEEP_INTERVAL = Settings.from_env().drift_sweep_interval
+
+
+# The drift timer. Each install's timer looks ten times per interval whether
+# a whole sweep is due (a clock check, no API call); the first to find it due
+# starts it. See reconcile.updates.Sweeper.
+@kopf.timer(
+    GROUP,
+    VERSION,
+    INSTALLS,
+    id="drift-sweep",
+    interval=_SWEEP_INTERVAL / 10,
+    initial_delay=lambda **_: _SWEEP_INTERVAL * random.uniform(0.1, 0.3),
+)
+async def drift_sweep(memo: kopf.Memo, **_: Any) -> None:
+    memo.sweeper.kick()
 
 
 @kopf.on.resume(GROUP, VERSION, UPDATES)

@@ -12,9 +12,11 @@ exactly `toSHA` through the install reconcile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -67,27 +69,46 @@ async def sweep(deps: Deps, installs: Sequence[Mapping[str, Any]]) -> dict[str, 
     return {"installs": len(tracked), "repositories": len(repos), "git_calls": deps.resolver.git_calls - calls_before}
 
 
-async def sweep_forever(deps: Deps, namespaces: Sequence[str]) -> None:
-    """The drift timer: a sweep every DRIFT_SWEEP_INTERVAL, jittered by ±10%."""
-    interval = deps.settings.drift_sweep_interval
-    await asyncio.sleep(interval * random.uniform(0.1, 0.3))
-    while True:
+class Sweeper:
+    """Whole sweeps on the drift interval, started from the per-install kopf
+    timer (handlers.updates): a firing finds a sweep due, running or not yet
+    due, so one sweep over every install happens about every
+    DRIFT_SWEEP_INTERVAL (jittered ±10%) whatever the number of installs, and
+    each makes one `git ls-remote` per repository. The sweep runs in its own
+    task, so deleting the install whose timer started it does not cut it short."""
+
+    def __init__(self, deps: Deps, namespaces: Sequence[str]) -> None:
+        self._deps = deps
+        self._scopes: list[str | None] = [*namespaces] or [None]
+        self._due = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def kick(self) -> None:
+        now = time.monotonic()
+        if now < self._due or (self._task is not None and not self._task.done()):
+            return
+        self._due = now + self._deps.settings.drift_sweep_interval * random.uniform(0.9, 1.1)
+        self._task = asyncio.get_running_loop().create_task(self._sweep_all(), name="drift-sweep")
+
+    async def _sweep_all(self) -> None:
         try:
             installs: list[dict[str, Any]] = []
-            scopes: list[str | None] = [*namespaces] or [None]
-            for namespace in scopes:
-                installs += await deps.kube.list(INSTALLS, namespace)
-            counts = await sweep(deps, installs)
+            for namespace in self._scopes:
+                installs += await self._deps.kube.list(INSTALLS, namespace)
+            counts = await sweep(self._deps, installs)
             metrics.SWEEPS.inc()
-            await _count_pending(deps, scopes)
+            await _count_pending(self._deps, self._scopes)
             log.info(
                 "drift sweep: %(installs)d installs, %(repositories)d repositories, %(git_calls)d git calls", counts
             )
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("drift sweep failed; next one as scheduled")
-        await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 async def _count_pending(deps: Deps, scopes: Sequence[str | None]) -> None:
