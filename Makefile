@@ -24,6 +24,7 @@ unit: setup
 
 bench: setup
 	$(VENV)/python tests/bench/bench_resolve.py
+	$(VENV)/python tests/bench/bench_stage.py
 
 clean:
 	rm -rf .venv
