@@ -56,7 +56,7 @@ def _await_pending(kube: LocalCluster, update: str, timeout: float = 60) -> None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--exit", action="store_true", help="tear down once the install is Ready")
+    parser.add_argument("--exit", action="store_true", help="tear down once the update is pending (no Ctrl-C wait)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     with ExitStack() as stack:

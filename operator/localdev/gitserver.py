@@ -228,9 +228,6 @@ class GitServer(_Service):
     def move_tag(self, owner: str, repo: str, name: str, sha: str, *, annotated: bool = False) -> None:
         self.tag(owner, repo, name, sha, annotated=annotated, force=True)
 
-    def set_head(self, owner: str, repo: str, branch: str) -> None:
-        self.git(owner, repo, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
-
     def _tree(self, owner: str, repo: str, files: Files) -> str:
         nested: dict[str, object] = {}
         for relpath, entry in files.items():

@@ -59,6 +59,12 @@ def _parse_port(name: str, raw: str) -> int:
     return value
 
 
+def _parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    if raw not in choices:
+        raise ConfigError(f"{name}={raw!r}: expected {' or '.join(choices)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     github_base_url: str = "https://github.com"
@@ -77,6 +83,8 @@ class Settings:
     database_url: str | None = None
     pull_endpoint: str = ""
     metrics_port: int = 9090
+    log_format: str = "json"  # or "text"
+    log_debug: bool = False
 
     def redacted(self) -> str:
         """The settings for a log line: never the database password."""
@@ -128,4 +136,6 @@ class Settings:
             database_url=get("DATABASE_URL"),
             pull_endpoint=get("PLUGIN_PULL_ENDPOINT") or "",
             metrics_port=_parse_port("PLUGIN_METRICS_PORT", get("PLUGIN_METRICS_PORT") or "9090"),
+            log_format=_parse_choice("PLUGIN_LOG_FORMAT", get("PLUGIN_LOG_FORMAT") or "json", ("json", "text")),
+            log_debug=_parse_bool("PLUGIN_LOG_DEBUG", get("PLUGIN_LOG_DEBUG") or "false"),
         )

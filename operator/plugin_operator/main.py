@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 import kopf
 
@@ -21,8 +20,8 @@ def _quiet_drift_timer(record: logging.LogRecord) -> bool:
 
 def run(*, namespaces: list[str], liveness: str | None, peering: str | None) -> int:
     settings = Settings.from_env()  # fails fast with a message naming the variable
-    log_format = kopf.LogFormat.JSON if os.environ.get("PLUGIN_LOG_FORMAT", "json") == "json" else kopf.LogFormat.FULL
-    kopf.configure(log_format=log_format, verbose=os.environ.get("PLUGIN_LOG_DEBUG") == "true")
+    log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
+    kopf.configure(log_format=log_format, verbose=settings.log_debug)
     logging.getLogger("kopf.objects").addFilter(_quiet_drift_timer)
     logging.getLogger(__name__).info("starting with %s", settings.redacted())
     memo = kopf.Memo(namespaces=namespaces)

@@ -289,3 +289,21 @@ def test_a_workspace_without_pods_does_not_block_deletion(env: Env) -> None:
     env.wait_for("no pods", lambda: env.running_pods("ws13") == 0)
     env.k("delete", "pli", "lonely", "--timeout=30s", timeout=40)
     assert env.k("get", "pli", "-o", "name") == ""
+
+
+def test_a_name_that_is_both_a_branch_and_a_tag_resolves_to_the_branch_and_says_so(env: Env) -> None:
+    tagged = env.git.create_repo("acme", "dual", plugin_files("dual", "1.0.0"))
+    env.git.tag("acme", "dual", "stable", tagged)
+    branch = env.git.commit("acme", "dual", plugin_files("dual", "2.0.0"))
+    env.git.branch("acme", "dual", "stable", branch)
+    env.workspace("ws14", replicas=1)
+    env.install("dual", "ws14", "github://acme/dual#stable", restart="None")
+    env.wait_condition("pli", "dual", "Ready")
+    assert env.jsonpath("pli", "dual", "{.status.resolvedRef}") == "refs/heads/stable"
+    assert env.jsonpath("pli", "dual", "{.status.installedSHA}") == branch
+
+    def said() -> bool:
+        events = json.loads(env.k("get", "events", "--field-selector", "involvedObject.name=dual", "-o", "json"))
+        return any(e["reason"] == "Resolved" and "both a branch and a tag" in e["message"] for e in events["items"])
+
+    env.wait_for("an Event naming the choice", said, timeout=15)

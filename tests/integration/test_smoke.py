@@ -377,6 +377,10 @@ def test_deploy_base_is_accepted_and_rbac_is_least_privilege(kube: LocalCluster,
     assert not can_i(kube, "create", "plugininstalls.plugins.workspace.dev", namespace)
     assert not can_i(kube, "get", "secrets", namespace)
     assert not can_i(kube, "delete", "pods", namespace)
+    assert not can_i(kube, "delete", "pluginupdates.plugins.workspace.dev", namespace)
+    assert not can_i(kube, "update", "plugininstalls.plugins.workspace.dev", namespace)
+    assert not can_i(kube, "get", "statefulsets.apps", namespace)
+    assert can_i(kube, "patch", "statefulsets.apps", namespace)
     # pods/exec only where deploy/workspace-namespace grants it.
     assert not can_i(kube, "create", "pods/exec", namespace)
 

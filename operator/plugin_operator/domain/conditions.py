@@ -47,7 +47,3 @@ def merge(
 def parse(raw: Mapping[str, Any]) -> Condition:
     status = {"True": True, "False": False}.get(str(raw.get("status")))
     return Condition(str(raw.get("type")), status, str(raw.get("reason", "")), str(raw.get("message", "")))
-
-
-def find(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
-    return next((c for c in conditions or [] if c.get("type") == type_), None)

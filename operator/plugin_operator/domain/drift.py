@@ -15,7 +15,6 @@ from plugin_operator.domain.semver import Version
 from plugin_operator.domain.track import Track
 
 TERMINAL = ("Applied", "Dismissed", "Superseded")
-OPEN = ("Pending", "Applying", "Failed")
 
 
 def update_name(install: str, to_sha: str) -> str:

@@ -47,6 +47,7 @@ async def install_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 _seen_running: set[str] = set()
 _pending_kicks: dict[tuple[str, str], asyncio.Task[None]] = {}
+_running_kicks: set[asyncio.Task[None]] = set()
 
 
 async def _kick_workspace(deps: Deps, namespace: str, workspace: str | None, delay: float = 1.0) -> None:
@@ -61,11 +62,17 @@ async def _kick_workspace(deps: Deps, namespace: str, workspace: str | None, del
             await asyncio.sleep(delay)
         finally:
             _pending_kicks.pop(key, None)
-        for install in await deps.kube.list(INSTALLS, namespace):
-            if (install.get("spec") or {}).get("workspace") == workspace:
-                await reconcile_install(deps, namespace, install["metadata"]["name"])
+        try:
+            for install in await deps.kube.list(INSTALLS, namespace):
+                if (install.get("spec") or {}).get("workspace") == workspace:
+                    await reconcile_install(deps, namespace, install["metadata"]["name"])
+        except Exception:  # the periodic reconcile catches up
+            log.exception("bringing workspace %s/%s up to date failed", namespace, workspace)
 
-    _pending_kicks[key] = asyncio.create_task(later())
+    task = asyncio.create_task(later())
+    _pending_kicks[key] = task
+    _running_kicks.add(task)  # held until done, also after it leaves _pending_kicks
+    task.add_done_callback(_running_kicks.discard)
 
 
 @kopf.on.event("", "v1", "pods", labels={WORKSPACE_LABEL: kopf.PRESENT})

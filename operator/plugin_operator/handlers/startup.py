@@ -74,13 +74,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         restarter=Restarter(kube.rollout_restart),
         emitter=_emitter_for(kube),
     )
-    memo.settings = config
     metrics.serve(config.metrics_port, lambda: resolver.git_calls, lambda: memo.deps.stager.fetches)
 
     async def list_objects() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return await kube.list(INSTALLS), await kube.list(UPDATES)
 
-    memo.deps.mirror.start(list_objects)
+    memo.deps.mirror.start(list_objects, full_resync_every=config.reconcile_interval)
     memo.sweeper = Sweeper(memo.deps, memo.namespaces)
 
 

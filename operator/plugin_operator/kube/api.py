@@ -142,6 +142,3 @@ class Kube:
             name,
             {"status": status},
         )
-
-    async def patch(self, plural: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
-        await self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, body)

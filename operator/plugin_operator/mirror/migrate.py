@@ -6,8 +6,6 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 
 from plugin_operator.mirror.urls import normalize_url
@@ -34,11 +32,3 @@ def upgrade(target: str | Engine, revision: str = "head") -> None:
     finally:
         if engine is not target:
             engine.dispose()
-
-
-def is_current(engine: Engine) -> bool:
-    """Whether the database is at the newest revision."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        return context.get_current_revision() == head

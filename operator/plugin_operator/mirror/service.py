@@ -1,15 +1,15 @@
 """The mirror as the handlers see it: async, forgiving, self-healing.
 
-    # on.startup: build once, keep in memo; the loop also migrates and catches up
-    memo.mirror = MirrorService.from_settings(settings)    # disabled without DATABASE_URL
-    memo.mirror.start(list_objects, full_resync_every=settings.reconcile_interval)
-    # handlers
-    await memo.mirror.install_changed(body, status=new_status)
-    await memo.mirror.install_deleted(body)                 # from the finalizer
-    await memo.mirror.update_changed(body, status=new_status)
-    await memo.mirror.update_deleted(body)
+    # on.startup (handlers.startup): build once; the loop also migrates and catches up
+    mirror = MirrorService.from_settings(settings)          # disabled without DATABASE_URL
+    mirror.start(list_objects, full_resync_every=settings.reconcile_interval)
+    # reconciles
+    await mirror.install_changed(body, status=new_status)
+    await mirror.install_deleted(body)                      # from the finalizer
+    await mirror.update_changed(body, status=new_status)
+    await mirror.update_deleted(body)
     # on.cleanup
-    await memo.mirror.close()
+    await mirror.close()
 
 `list_objects` is an async callable returning (all PluginInstalls, all
 PluginUpdates) of every namespace as dicts, e.g. two `Kube.list` calls.
@@ -103,10 +103,6 @@ class MirrorService:
     def mirror(self) -> Mirror | None:
         return self._mirror
 
-    def request_resync(self) -> None:
-        """Have the loop rewrite the tables from the cluster on its next pass."""
-        self._needs_resync = self._mirror is not None
-
     # -- writes from the handlers ---------------------------------------------
 
     async def install_changed(self, obj: Mapping[str, Any], status: Mapping[str, Any] | None = None) -> None:
@@ -142,11 +138,14 @@ class MirrorService:
         assert self._mirror is not None
         self._mirror.delete_install(row.workspace_id, row.plugin_name)
 
+    def _down(self) -> bool:
+        return self._outage_since is not None and time.monotonic() - self._outage_since < self._retry_writes_after
+
     async def _write(self, what: str, call: Callable[[T], object], arg: T) -> None:
-        if self._outage_since is not None and time.monotonic() - self._outage_since < self._retry_writes_after:
-            logger.debug("mirror down: %s skipped, the resync will catch up", what)
-            return
         async with self._lock:
+            if self._down():  # checked under the lock: writers queued behind a failing one skip too
+                logger.debug("mirror down: %s skipped, the resync will catch up", what)
+                return
             try:
                 await asyncio.to_thread(call, arg)
             except Exception as err:

@@ -181,10 +181,6 @@ class Mirror:
     def upgrade(self) -> None:
         migrate.upgrade(self.engine)
 
-    def ping(self) -> None:
-        with self.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-
     # -- workspaces -----------------------------------------------------------
 
     def _writable_workspaces(self, conn: Connection, ids: set[str]) -> set[str]:

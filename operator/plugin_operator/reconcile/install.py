@@ -22,10 +22,10 @@ from plugin_operator.config import Settings
 from plugin_operator.delivery import plugin as delivery
 from plugin_operator.delivery.exec import PodExecutor, PodTarget
 from plugin_operator.domain import conditions as cond
-from plugin_operator.domain.errors import Conflict, DeliveryFailed, InvalidSpec, PluginError
+from plugin_operator.domain.errors import Conflict, DeliveryFailed, PluginError
 from plugin_operator.domain.install_spec import InstallSpec, parse_install_spec
 from plugin_operator.domain.marker import Marker
-from plugin_operator.domain.pods import PodPlan, owner_of, plan_pod
+from plugin_operator.domain.pods import WORKSPACE_LABEL, PodPlan, owner_of, plan_pod
 from plugin_operator.domain.refs import resolve_source_ref, select
 from plugin_operator.domain.source import parse_source
 from plugin_operator.git.resolver import Resolver
@@ -143,9 +143,11 @@ async def write_status(deps: Deps, obj: Mapping[str, Any], status: dict[str, Any
 # -- choosing the commit ------------------------------------------------------
 
 
-async def resolve_install_target(deps: Deps, spec: InstallSpec) -> tuple[str | None, str | None]:
+async def resolve_install_target(deps: Deps, spec: InstallSpec, emit: Emit) -> tuple[str | None, str | None]:
     """(sha, resolved ref) for a spec whose source changed: the source's own
-    fragment; unpinned (when allowed): what the track points at, else HEAD."""
+    fragment; unpinned (when allowed): what the track points at, else HEAD.
+    A choice worth knowing (a name that is both a branch and a tag, a
+    pre-release picked) is said in an Event."""
     source = spec.source
     if source.kind == "local":
         return None, None
@@ -156,6 +158,8 @@ async def resolve_install_target(deps: Deps, spec: InstallSpec) -> tuple[str | N
         resolved = select(spec.track, table)
     else:
         resolved = resolve_source_ref(source, table)
+    if resolved.note:
+        emit("Normal", "Resolved", f"{resolved.ref_name} -> {resolved.sha[:12]}: {resolved.note}")
     return resolved.sha, resolved.ref_name
 
 
@@ -260,9 +264,7 @@ async def _claim_winner(deps: Deps, obj: Mapping[str, Any], spec: InstallSpec) -
 # -- reconcile ---------------------------------------------------------------------
 
 
-async def reconcile_install(
-    deps: Deps, namespace: str, name: str, *, target_sha: str | None = None, reason: str = "reconcile"
-) -> Outcome:
+async def reconcile_install(deps: Deps, namespace: str, name: str, *, target_sha: str | None = None) -> Outcome:
     async with deps.lock(namespace, name):
         obj = await deps.kube.get(INSTALLS, namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
@@ -307,7 +309,7 @@ async def _reconcile_steps(deps: Deps, obj: Mapping[str, Any], *, target_sha: st
         elif same_source:
             sha, ref = prev.get("installedSHA"), prev.get("resolvedRef")
         else:
-            sha, ref = await resolve_install_target(deps, spec)
+            sha, ref = await resolve_install_target(deps, spec, emit)
         staged = await deps.stager.stage(spec.source, sha)
         delivery.check_deliverable(staged)
     except PluginError as exc:
@@ -336,21 +338,32 @@ async def _reconcile_steps(deps: Deps, obj: Mapping[str, Any], *, target_sha: st
     pods_status = _pod_entries(results, skipped, prev, at)
     base = _installed_fields(spec, staged, sha, ref)
 
-    if failed:
-        detail = "; ".join(r.error or "" for r in failed[:5])
-        message = f"{len(failed)} of {len(results)} pod(s) did not take {_label(spec, sha)}: {detail}"
+    async def not_done(reason: str, message: str) -> Outcome:
+        """The previous install stays the recorded one; the next attempt
+        picks up where this one stopped (pods already holding it are skipped)."""
         conditions = [
-            cond.Condition("Installed", False, DeliveryFailed.reason, message),
-            cond.Condition("Stalled", False, DeliveryFailed.reason, "retrying"),
+            cond.Condition("Installed", False, reason, message),
+            cond.Condition("Stalled", False, reason, "retrying"),
         ]
         kept = {k: prev.get(k) for k in ("installedSHA", "installedDigest", "installedAt", "installedSkills")}
         status = whole_status(prev, generation, conditions, **{**base, **kept, "pods": pods_status})
         await write_status(deps, obj, status, emit)
         return Outcome(ready=False, retry_after=15, message=message, kind="failed")
 
+    if failed:
+        detail = "; ".join(r.error or "" for r in failed[:5])
+        return await not_done(
+            DeliveryFailed.reason, f"{len(failed)} of {len(results)} pod(s) did not take {_label(spec, sha)}: {detail}"
+        )
+
     restart_note = ""
     if changed and spec.restart == "Rollout" and results:
-        restart_note = await _restart(deps, namespace, pods, [r.plan.name for r in results])
+        try:
+            restart_note = await _restart(deps, namespace, pods, [r.plan.name for r in results])
+        except Exception as exc:  # an API refusal or outage; said in status, retried
+            log.warning("restart for %s/%s failed", namespace, meta["name"], exc_info=True)
+            why = " ".join(str(getattr(exc, a, "")) for a in ("status", "reason")).strip() or str(exc)
+            return await not_done("RestartFailed", f"{_label(spec, sha)} is in every pod but the restart failed: {why}")
     if delivered or changed:
         emit("Normal", "Installed", f"{_label(spec, sha)} in {len(results)} pod(s){restart_note}")
     message = f"{_label(spec, sha)} installed in {len(results)} pod(s)"
@@ -452,8 +465,8 @@ async def uninstall(deps: Deps, obj: Mapping[str, Any]) -> Outcome:
         try:
             spec = parse_install_spec(raw_spec, allow_unpinned=True)
             selector, container, restart = spec.pod_selector, spec.container, spec.restart
-        except (InvalidSpec, PluginError):
-            selector = f"plugins.workspace.dev/workspace={raw_spec.get('workspace', '')}"
+        except PluginError:
+            selector = f"{WORKSPACE_LABEL}={raw_spec.get('workspace', '')}"
             container, restart = raw_spec.get("container"), raw_spec.get("restart", "Rollout")
         pods = await deps.kube.list_pods(namespace, selector)
         plans = [plan_pod(p, container) for p in pods]

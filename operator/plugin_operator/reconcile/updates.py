@@ -65,7 +65,11 @@ async def sweep(deps: Deps, installs: Sequence[Mapping[str, Any]]) -> dict[str, 
     tables = dict(zip(repos, await asyncio.gather(*(table_for(k) for k in repos)), strict=True))
     for obj, spec in tracked:
         table = tables[str(spec.source.repo_key)]
-        await check_install(deps, obj["metadata"]["namespace"], obj["metadata"]["name"], table)
+        meta = obj["metadata"]
+        try:
+            await check_install(deps, meta["namespace"], meta["name"], table)
+        except Exception:  # one install's trouble must not cost the others their sweep
+            log.exception("drift check of %s/%s failed; the next sweep tries again", meta["namespace"], meta["name"])
     return {"installs": len(tracked), "repositories": len(repos), "git_calls": deps.resolver.git_calls - calls_before}
 
 

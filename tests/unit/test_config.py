@@ -1,0 +1,44 @@
+"""Settings from the environment: a bad value names its variable and what was expected."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugin_operator.config import ConfigError, Settings
+
+
+def test_defaults_when_nothing_is_set() -> None:
+    settings = Settings.from_env({})
+    assert settings.drift_sweep_interval == 3600
+    assert settings.log_format == "json" and not settings.log_debug
+    assert settings.database_url is None
+
+
+def test_durations_and_flags_parse() -> None:
+    settings = Settings.from_env(
+        {"DRIFT_SWEEP_INTERVAL": "5m", "PLUGIN_LOG_FORMAT": "text", "PLUGIN_LOG_DEBUG": "true"}
+    )
+    assert settings.drift_sweep_interval == 300
+    assert settings.log_format == "text" and settings.log_debug
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("DRIFT_SWEEP_INTERVAL", "soon", "expected a duration"),
+        ("PLUGIN_ALLOW_UNPINNED", "maybe", "expected true or false"),
+        ("PLUGIN_INSTALL_MAX_DIR_BYTES", "big", "expected an integer"),
+        ("PLUGIN_LOG_FORMAT", "xml", "expected json or text"),
+        ("PLUGIN_LOG_DEBUG", "loud", "expected true or false"),
+    ],
+)
+def test_a_bad_value_names_the_variable(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env({name: value})
+    assert name in str(failure.value) and expected in str(failure.value)
+
+
+def test_the_database_password_never_reaches_the_log_line() -> None:
+    settings = Settings.from_env({"DATABASE_URL": "postgresql+psycopg://app:s3cret@db:5432/platform"})
+    shown = settings.redacted()
+    assert "s3cret" not in shown and "db:5432/platform" in shown
