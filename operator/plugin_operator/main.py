@@ -8,7 +8,7 @@ import logging
 import kopf
 
 from plugin_operator import handlers  # noqa: F401 - registers the kopf handlers
-from plugin_operator.config import Settings
+from plugin_operator.handlers.settings import SETTINGS
 
 
 def _quiet_drift_timer(record: logging.LogRecord) -> bool:
@@ -19,7 +19,7 @@ def _quiet_drift_timer(record: logging.LogRecord) -> bool:
 
 
 def run(*, namespaces: list[str], liveness: str | None, peering: str | None) -> int:
-    settings = Settings.from_env()  # fails fast with a message naming the variable
+    settings = SETTINGS
     log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(log_format=log_format, verbose=settings.log_debug)
     logging.getLogger("kopf.objects").addFilter(_quiet_drift_timer)

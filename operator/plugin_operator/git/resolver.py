@@ -25,6 +25,7 @@ from plugin_operator.domain.refs import RefTable, Resolved, resolve_source_ref, 
 from plugin_operator.domain.source import Source
 from plugin_operator.domain.track import Track
 from plugin_operator.git.runner import GitError, GitRunner, GitTimeout, map_git_error, scrub
+from plugin_operator.git.singleflight import SingleFlight
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Resolver:
         self._clock = clock
         self._cache: dict[str, tuple[float, RefTable]] = {}
         self._failures: dict[str, _Failure] = {}
-        self._inflight: dict[str, asyncio.Future[RefTable]] = {}
+        self._flights: SingleFlight[str, RefTable] = SingleFlight()
         self._hosts: dict[str, asyncio.Semaphore] = {}
         self._host_failures: dict[str, _Failure] = {}
         self.git_calls = 0  # `git ls-remote` commands started
@@ -90,19 +91,7 @@ class Resolver:
         host_failure = self._host_failures.get(_host_of(url))
         if host_failure is not None and host_failure.count >= self.host_trip_after and host_failure.retry_at > now:
             raise _fail_fast(host_failure, now)
-        task = self._inflight.get(url)
-        if task is None:
-            task = asyncio.ensure_future(self._ls_remote(url, label))
-            self._inflight[url] = task
-            task.add_done_callback(lambda done: self._settle(url, done))
-        # shield: one caller giving up must not cancel the others' call.
-        return await asyncio.shield(task)
-
-    def _settle(self, url: str, task: asyncio.Future[RefTable]) -> None:
-        if self._inflight.get(url) is task:
-            del self._inflight[url]
-        if not task.cancelled():
-            task.exception()  # retrieved: no "never retrieved" warning when every caller left
+        return await self._flights.run(url, lambda: self._ls_remote(url, label))
 
     def _host(self, url: str) -> asyncio.Semaphore:
         host = _host_of(url)

@@ -10,14 +10,13 @@ from typing import Any
 import kopf
 
 from plugin_operator import GROUP, VERSION
-from plugin_operator.config import Settings
 from plugin_operator.domain.pods import WORKSPACE_LABEL
 from plugin_operator.handlers.outcome import raise_for
+from plugin_operator.handlers.settings import SETTINGS
 from plugin_operator.kube.api import INSTALLS
 from plugin_operator.reconcile.install import Deps, reconcile_install, uninstall
 
 log = logging.getLogger(__name__)
-_SETTINGS = Settings.from_env()
 
 
 @kopf.on.resume(GROUP, VERSION, INSTALLS)
@@ -27,7 +26,7 @@ async def install_changed(name: str, namespace: str | None, memo: kopf.Memo, **_
     raise_for(await reconcile_install(memo.deps, str(namespace), name))
 
 
-@kopf.timer(GROUP, VERSION, INSTALLS, interval=_SETTINGS.reconcile_interval, initial_delay=_SETTINGS.reconcile_interval)
+@kopf.timer(GROUP, VERSION, INSTALLS, interval=SETTINGS.reconcile_interval, initial_delay=SETTINGS.reconcile_interval)
 async def install_periodic(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     # Level-triggered safety net: drifted pods, pods missed while down.
     await reconcile_install(memo.deps, str(namespace), name)

@@ -10,9 +10,9 @@ from typing import Any
 import kopf
 
 from plugin_operator import GROUP, metrics
-from plugin_operator.config import Settings
 from plugin_operator.delivery.exec import PodExecutor
 from plugin_operator.git.resolver import Resolver
+from plugin_operator.handlers.settings import SETTINGS
 from plugin_operator.kube.api import INSTALLS, UPDATES, Kube, load_config
 from plugin_operator.mirror.service import MirrorService
 from plugin_operator.reconcile.install import Deps, Emit
@@ -49,7 +49,7 @@ def _emitter_for(kube: Kube) -> Callable[[Mapping[str, Any]], Emit]:
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config = Settings.from_env()
+    config = SETTINGS
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

@@ -8,14 +8,14 @@ from typing import Any
 import kopf
 
 from plugin_operator import GROUP, VERSION
-from plugin_operator.config import Settings
 from plugin_operator.handlers.outcome import raise_for
+from plugin_operator.handlers.settings import SETTINGS
 from plugin_operator.kube.api import INSTALLS, UPDATES
 from plugin_operator.reconcile import updates
 
 RESOLVE_ANNOTATION = f"{GROUP}/resolve"
 RETRY_ANNOTATION = f"{GROUP}/retry"
-_SWEEP_INTERVAL = Settings.from_env().drift_sweep_interval
+_SWEEP_INTERVAL = SETTINGS.drift_sweep_interval
 
 
 # The drift timer. Each install's timer looks ten times per interval whether

@@ -26,7 +26,6 @@ from plugin_operator.domain.errors import Conflict, DeliveryFailed, PluginError
 from plugin_operator.domain.install_spec import InstallSpec, parse_install_spec
 from plugin_operator.domain.marker import Marker
 from plugin_operator.domain.pods import WORKSPACE_LABEL, PodPlan, owner_of, plan_pod
-from plugin_operator.domain.refs import resolve_source_ref, select
 from plugin_operator.domain.source import parse_source
 from plugin_operator.git.resolver import Resolver
 from plugin_operator.kube.api import INSTALLS, Kube
@@ -151,13 +150,7 @@ async def resolve_install_target(deps: Deps, spec: InstallSpec, emit: Emit) -> t
     source = spec.source
     if source.kind == "local":
         return None, None
-    if source.pinned_sha is not None:
-        return source.pinned_sha, None
-    table = await deps.resolver.ref_table(source)
-    if source.ref is None and spec.track.drifts:
-        resolved = select(spec.track, table)
-    else:
-        resolved = resolve_source_ref(source, table)
+    resolved = await deps.resolver.resolve(source, spec.track if source.ref is None and spec.track.drifts else None)
     if resolved.note:
         emit("Normal", "Resolved", f"{resolved.ref_name} -> {resolved.sha[:12]}: {resolved.note}")
     return resolved.sha, resolved.ref_name
@@ -313,9 +306,7 @@ async def _reconcile_steps(deps: Deps, obj: Mapping[str, Any], *, target_sha: st
         staged = await deps.stager.stage(spec.source, sha)
         delivery.check_deliverable(staged)
     except PluginError as exc:
-        if exc.permanent:
-            return await _stalled(deps, obj, exc, emit, spec=spec)
-        return await _temporary(deps, obj, exc, emit, spec=spec)
+        return await _stalled(deps, obj, exc, emit, spec=spec)
 
     want = Marker(source=spec.source.normalized, sha=sha, digest=staged.digest)
     payload_cache: list[tuple[bytes, int]] = []
@@ -423,25 +414,22 @@ async def _restart(deps: Deps, namespace: str, pods: list[dict[str, Any]], names
 async def _stalled(
     deps: Deps, obj: Mapping[str, Any], exc: PluginError, emit: Emit, *, spec: InstallSpec | None = None
 ) -> Outcome:
+    """Say why nothing changed: Stalled=True for a permanent error (a spec
+    fix is needed), Stalled=False "retrying" for a temporary one. What was
+    installed stays installed."""
     prev = obj.get("status") or {}
-    conditions = [cond.Condition("Stalled", True, exc.reason, exc.message)]
+    said = exc.message if exc.permanent else f"retrying: {exc.message}"
+    conditions = [cond.Condition("Stalled", exc.permanent, exc.reason, said)]
     if not prev.get("installedDigest"):
         conditions.append(cond.Condition("Installed", False, exc.reason, exc.message))
-    changes = {"pluginName": spec.plugin, "trackedRef": spec.track.normalized} if spec else {}
+    changes: dict[str, Any] = {"pluginName": spec.plugin} if spec else {}
+    if spec and exc.permanent:
+        changes["trackedRef"] = spec.track.normalized
     status = whole_status(prev, int(obj["metadata"].get("generation", 0)), conditions, **changes)
     await write_status(deps, obj, status, emit)
     metrics.ERRORS.labels(exc.reason).inc()
-    return Outcome(ready=False, message=exc.message, kind="stalled")
-
-
-async def _temporary(deps: Deps, obj: Mapping[str, Any], exc: PluginError, emit: Emit, *, spec: InstallSpec) -> Outcome:
-    prev = obj.get("status") or {}
-    conditions = [cond.Condition("Stalled", False, exc.reason, f"retrying: {exc.message}")]
-    if not prev.get("installedDigest"):
-        conditions.append(cond.Condition("Installed", False, exc.reason, exc.message))
-    status = whole_status(prev, int(obj["metadata"].get("generation", 0)), conditions, pluginName=spec.plugin)
-    await write_status(deps, obj, status, emit)
-    metrics.ERRORS.labels(exc.reason).inc()
+    if exc.permanent:
+        return Outcome(ready=False, message=exc.message, kind="stalled")
     return Outcome(ready=False, retry_after=30, message=exc.message, kind="failed")
 
 

@@ -38,7 +38,7 @@ import stat
 import tarfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -61,6 +61,7 @@ from plugin_operator.domain.tree import (
 )
 from plugin_operator.git.resolver import Resolver
 from plugin_operator.git.runner import GitError, GitRunner, GitTimeout, map_git_error
+from plugin_operator.git.singleflight import SingleFlight
 
 _REGULAR_MODES = {b"100644": 0o644, b"100755": 0o755, b"100664": 0o644}
 _FETCH = ("fetch", "--quiet", "--depth=1", "--no-tags", "--no-recurse-submodules")
@@ -95,32 +96,17 @@ class Stager:
         self._trees = settings.cache_dir / "trees"
         self._locks = settings.cache_dir / "locks"
         self._tmp = settings.cache_dir / "tmp"
-        self._inflight: dict[str, asyncio.Future[StagedPlugin]] = {}
+        self._flights: SingleFlight[str, StagedPlugin] = SingleFlight()
 
     async def stage(self, source: Source, sha: str | None = None) -> StagedPlugin:
         """The verified tree of `source` at commit `sha` (ignored for local://)."""
         if source.kind == "local":
             check_plugin_name(source.name, "local plugin name")
-            return await self._single_flight("local\0" + source.name, lambda: self._stage_local(source))
+            return await self._flights.run("local\0" + source.name, lambda: self._stage_local(source))
         if sha is None or not is_sha(sha):
             raise ValueError(f"stage() needs the resolved 40-hex commit SHA, got {sha!r}")
         key = _key(f"{source.repo_key}\0{sha}\0{source.subdir or ''}")
-        return await self._single_flight(key, lambda: self._stage_git(source, sha, key))
-
-    async def _single_flight(self, key: str, make: Callable[[], Awaitable[StagedPlugin]]) -> StagedPlugin:
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(make())
-            self._inflight[key] = task
-
-            def settle(done: asyncio.Future[StagedPlugin]) -> None:
-                if self._inflight.get(key) is done:
-                    del self._inflight[key]
-                if not done.cancelled():
-                    done.exception()
-
-            task.add_done_callback(settle)
-        return await asyncio.shield(task)
+        return await self._flights.run(key, lambda: self._stage_git(source, sha, key))
 
     # --- git sources -----------------------------------------------------------
 
