@@ -11,9 +11,10 @@ approved updates; a per-object lock serialises them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,10 +56,22 @@ class Deps:
     mirror: MirrorService
     restarter: Restarter
     emitter: Callable[[Mapping[str, Any]], Emit]
-    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = field(default_factory=dict)
 
-    def lock(self, namespace: str, name: str) -> asyncio.Lock:
-        return self.locks.setdefault((namespace, name), asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def lock(self, namespace: str, name: str) -> AsyncIterator[None]:
+        """One reconcile per install at a time. An entry lives only while
+        someone holds or waits for it, so deleted installs leave nothing."""
+        key = (namespace, name)
+        lock, users = self.locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self.locks[key]
 
 
 @dataclass

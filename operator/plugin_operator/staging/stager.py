@@ -156,6 +156,8 @@ class Stager:
             raise InvalidPlugin(
                 f"sub-directory {source.subdir!r} does not exist in {source.repo_key} at {sha[:12]}"
             ) from None
+        except GitTimeout as exc:
+            raise map_git_error(exc, label) from None
         if kind.stdout.strip() != b"tree":
             raise InvalidPlugin(f"{source.subdir!r} in {source.repo_key} at {sha[:12]} is not a directory")
 
@@ -452,7 +454,10 @@ def _parse_batch(output: bytes) -> dict[str, bytes]:
     pos = 0
     while pos < len(output):
         newline = output.index(b"\n", pos)
-        oid, kind, size = output[pos:newline].split()
+        header = output[pos:newline].split()
+        if len(header) != 3:  # "<oid> missing": the server left out part of the commit
+            raise IntegrityMismatch(f"object {header[0].decode()} is missing from the fetched commit")
+        oid, kind, size = header
         if kind != b"blob":
             raise UnsafeTree(f"object {oid.decode()} is a {kind.decode()}, expected a blob")
         start = newline + 1
