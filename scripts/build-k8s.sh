@@ -71,7 +71,7 @@ if cache_ok && write_stages; then
 fi
 STAGE="$(mktemp -d "$CACHE_ROOT/stage.XXXXXX")"
 trap 'rm -rf "$STAGE"' EXIT
-log "cache miss for $KEY: building (cold build takes 25-40 minutes on 2 cores); log: $LOG"
+log "cache miss for $KEY: building (a cold build takes 7-40 minutes on 2 cores); log: $LOG"
 : >"$LOG"
 
 run() { "$@" >>"$LOG" 2>&1 || { log "failed: $* (see $LOG)"; tail -20 "$LOG" >&2; exit 1; }; }
