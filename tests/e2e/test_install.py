@@ -307,3 +307,62 @@ def test_a_name_that_is_both_a_branch_and_a_tag_resolves_to_the_branch_and_says_
         return any(e["reason"] == "Resolved" and "both a branch and a tag" in e["message"] for e in events["items"])
 
     env.wait_for("an Event naming the choice", said, timeout=15)
+
+
+def test_a_refused_restart_is_said_in_status_and_retried_until_it_goes_through(env: Env) -> None:
+    """An admission policy (a real one, CEL in the apiserver) freezes the
+    workspace's pod template; the install says so and finishes once it is lifted."""
+    sha = env.git.create_repo("acme", "frozen", plugin_files("frozen"))
+    env.workspace("ws15", replicas=1)
+    generation = env.sts_generation("ws15")
+    name = f"freeze-{env.namespace}"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["apps"],
+                        "apiVersions": ["v1"],
+                        "operations": ["UPDATE"],
+                        "resources": ["statefulsets"],
+                    }
+                ]
+            },
+            "validations": [{"expression": "object.spec.template == oldObject.spec.template", "message": "frozen"}],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": env.namespace}}},
+        },
+    }
+    env.apply(policy)
+    env.apply(binding)
+    try:
+        probe = ["patch", "statefulset", "ws-ws15", "--dry-run=server", "-p"]
+        probe.append('{"spec":{"template":{"metadata":{"annotations":{"probe":"1"}}}}}')
+        env.wait_for(
+            "the policy in force", lambda: "frozen" in env.kube.kubectl(*probe, "-n", env.namespace, check=False).stderr
+        )
+
+        env.install("frozen", "ws15", f"github://acme/frozen#{sha}")
+        env.wait_for("RestartFailed", lambda: _condition(env, "frozen", "Installed").get("reason") == "RestartFailed")
+        assert "restart failed" in _condition(env, "frozen", "Installed")["message"]
+        assert env.jsonpath("pli", "frozen", "{.status.installedSHA}") == ""  # not recorded before the restart
+        assert env.sts_generation("ws15") == generation
+    finally:
+        env.kube.kubectl("delete", "validatingadmissionpolicybinding", name, "--ignore-not-found")
+        env.kube.kubectl("delete", "validatingadmissionpolicy", name, "--ignore-not-found")
+
+    env.wait_condition("pli", "frozen", "Ready", timeout=90)
+    assert env.jsonpath("pli", "frozen", "{.status.installedSHA}") == sha
+    env.wait_for("one restart", lambda: env.sts_generation("ws15") == generation + 1)
