@@ -31,7 +31,7 @@ from plugin_operator.domain.source import parse_source
 from plugin_operator.git.resolver import Resolver
 from plugin_operator.kube.api import INSTALLS, Kube
 from plugin_operator.mirror.service import MirrorService
-from plugin_operator.reconcile.restart import Restarter
+from plugin_operator.reconcile.restart import Job, Restarter
 from plugin_operator.staging import StagedPlugin, Stager
 
 log = logging.getLogger(__name__)
@@ -304,7 +304,17 @@ async def _reconcile_steps(deps: Deps, obj: Mapping[str, Any], *, target_sha: st
             "this one changes nothing until that one is deleted"
         )
         return await _stalled(deps, obj, conflict, emit, spec=spec)
+    async with deps.restarter.working((namespace, spec.workspace)) as job:
+        return await _bring_workspace(deps, obj, spec, emit, job, target_sha=target_sha)
 
+
+async def _bring_workspace(
+    deps: Deps, obj: Mapping[str, Any], spec: InstallSpec, emit: Emit, job: Job, *, target_sha: str | None
+) -> Outcome:
+    """Resolve, stage, deliver to every target pod, restart, record."""
+    meta = obj["metadata"]
+    namespace, generation = meta["namespace"], int(meta.get("generation", 0))
+    prev: Mapping[str, Any] = obj.get("status") or {}
     at = now_text()
     sha: str | None
     ref: str | None
@@ -363,7 +373,7 @@ async def _reconcile_steps(deps: Deps, obj: Mapping[str, Any], *, target_sha: st
     restart_note = ""
     if changed and spec.restart == "Rollout" and results:
         try:
-            restart_note = await _restart(deps, namespace, pods, [r.plan.name for r in results])
+            restart_note = await _restart(deps, job, namespace, pods, [r.plan.name for r in results])
         except Exception as exc:  # an API refusal or outage; said in status, retried
             log.warning("restart for %s/%s failed", namespace, meta["name"], exc_info=True)
             why = " ".join(str(getattr(exc, a, "")) for a in ("status", "reason")).strip() or str(exc)
@@ -405,7 +415,7 @@ def _installed_fields(spec: InstallSpec, staged: StagedPlugin, sha: str | None, 
     }
 
 
-async def _restart(deps: Deps, namespace: str, pods: list[dict[str, Any]], names: list[str]) -> str:
+async def _restart(deps: Deps, job: Job, namespace: str, pods: list[dict[str, Any]], names: list[str]) -> str:
     workloads, bare = set(), []
     wanted = set(names)
     for pod in pods:
@@ -417,7 +427,7 @@ async def _restart(deps: Deps, namespace: str, pods: list[dict[str, Any]], names
             bare.append(pod["metadata"]["name"])
         else:
             workloads.add((namespace, *workload))
-    await deps.restarter.restart(workloads)
+    await job.restart(workloads)
     said = f"; restarted {', '.join(f'{k}/{n}' for _, k, n in sorted(workloads))}" if workloads else ""
     if bare:
         said += f"; pods without a StatefulSet or Deployment are not restarted: {', '.join(sorted(bare))}"
@@ -469,28 +479,30 @@ async def uninstall(deps: Deps, obj: Mapping[str, Any]) -> Outcome:
         except PluginError:
             selector = f"{WORKSPACE_LABEL}={raw_spec.get('workspace', '')}"
             container, restart = raw_spec.get("container"), raw_spec.get("restart", "Rollout")
-        pods = await deps.kube.list_pods(namespace, selector)
-        plans = [plan_pod(p, container) for p in pods]
-        targets = [p for p in plans if not p.external and p.ready and not p.problem and p.container]
-        skills = [s for s in prev.get("installedSkills") or [] if isinstance(s, str)]
+        workspace = (namespace, str(raw_spec.get("workspace", "")))
+        async with deps.restarter.working(workspace) as job:  # deleted together: one restart
+            pods = await deps.kube.list_pods(namespace, selector)
+            plans = [plan_pod(p, container) for p in pods]
+            targets = [p for p in plans if not p.external and p.ready and not p.problem and p.container]
+            skills = [s for s in prev.get("installedSkills") or [] if isinstance(s, str)]
 
-        async def remove(plan: PodPlan) -> str | None:
-            assert plan.container is not None
-            try:
-                target = PodTarget(namespace, plan.name, plan.container, plan.configs_dir)
-                await delivery.remove(deps.executor, target, plugin, skills)
-            except DeliveryFailed as exc:
-                return exc.message
-            return None
+            async def remove(plan: PodPlan) -> str | None:
+                assert plan.container is not None
+                try:
+                    target = PodTarget(namespace, plan.name, plan.container, plan.configs_dir)
+                    await delivery.remove(deps.executor, target, plugin, skills)
+                except DeliveryFailed as exc:
+                    return exc.message
+                return None
 
-        errors = [e for e in await asyncio.gather(*(remove(p) for p in targets)) if e]
-        if errors:
-            message = f"uninstall of {plugin} failed in {len(errors)} pod(s): {'; '.join(errors[:3])}"
-            emit("Warning", "UninstallFailed", message)
-            return Outcome(ready=False, retry_after=15, message=message, kind="failed")
-        note = ""
-        if restart == "Rollout" and targets:
-            note = await _restart(deps, namespace, pods, [p.name for p in targets])
+            errors = [e for e in await asyncio.gather(*(remove(p) for p in targets)) if e]
+            if errors:
+                message = f"uninstall of {plugin} failed in {len(errors)} pod(s): {'; '.join(errors[:3])}"
+                emit("Warning", "UninstallFailed", message)
+                return Outcome(ready=False, retry_after=15, message=message, kind="failed")
+            note = ""
+            if restart == "Rollout" and targets:
+                note = await _restart(deps, job, namespace, pods, [p.name for p in targets])
         emit("Normal", "Uninstalled", f"{plugin} removed from {len(targets)} pod(s){note}")
         await deps.mirror.install_deleted(obj)
         return Outcome(ready=True, message="removed")
