@@ -175,25 +175,36 @@ def test_a_second_install_of_the_same_plugin_is_a_conflict_and_touches_nothing(e
 
 
 def test_uninstall_removes_plugin_skills_and_its_claude_md_block_only(env: Env) -> None:
-    sha = env.git.create_repo("acme", "gone", plugin_files("gone"))
+    """Two installs deleted with one kubectl call: each removes its own plugin,
+    skill and CLAUDE.md block (neither rewrite of CLAUDE.md is lost), and the
+    workspace restarts once for both."""
+    files = {f"plugins/{n}/{k}": v for n in ("gone", "also") for k, v in plugin_files(n).items()}
+    sha = env.git.create_repo("acme", "gone", files)
     env.workspace("ws9", replicas=1)
-    env.install("gone", "ws9", f"github://acme/gone#{sha}")
+    for name in ("gone", "also"):
+        env.install(name, "ws9", f"github://acme/gone/plugins/{name}#{sha}")
     env.wait_condition("pli", "gone", "Ready")
+    env.wait_condition("pli", "also", "Ready")
     env.wait_for("restarted pod", lambda: env.running_pods("ws9") == 1)
     (pod_dir,) = env.pod_dirs("ws9")
-    (pod_dir / "skills/gone-skill").mkdir(parents=True)
-    (pod_dir / "skills/gone-skill/SKILL.md").write_text("wired by the runtime\n")
+    for name in ("gone", "also"):
+        (pod_dir / f"skills/{name}-skill").mkdir(parents=True)
+        (pod_dir / f"skills/{name}-skill/SKILL.md").write_text("wired by the runtime\n")
     (pod_dir / "skills/mine").mkdir(parents=True)
     (pod_dir / "CLAUDE.md").write_text(
         "user line 1\n"
         "<!-- plugin-operator:begin gone -->\nrules of gone\n<!-- plugin-operator:end gone -->\n"
         "user line 2\n"
+        "<!-- plugin-operator:begin also -->\nrules of also\n<!-- plugin-operator:end also -->\n"
     )
-    env.k("delete", "pli", "gone", "--timeout=90s", timeout=100)
-    assert not (pod_dir / "plugins/gone").exists()
-    assert not (pod_dir / "skills/gone-skill").exists()
+    generation = env.sts_generation("ws9")
+    env.k("delete", "pli", "gone", "also", "--timeout=90s", timeout=100)
+    for name in ("gone", "also"):
+        assert not (pod_dir / f"plugins/{name}").exists()
+        assert not (pod_dir / f"skills/{name}-skill").exists()
     assert (pod_dir / "skills/mine").is_dir()
     assert (pod_dir / "CLAUDE.md").read_text() == "user line 1\nuser line 2\n"
+    assert env.sts_generation("ws9") == generation + 1, "one restart for both removals"
 
 
 def test_a_planted_symlink_in_the_pod_is_not_followed(env: Env, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from kubernetes import client
 from kubernetes.stream import stream
 from kubernetes.stream.ws_client import ERROR_CHANNEL, STDERR_CHANNEL, STDIN_CHANNEL, STDOUT_CHANNEL
 
+from plugin_operator.concurrency import KeyedLock
 from plugin_operator.domain.errors import DeliveryFailed
 
 POD_SCRIPT = resources.files(__package__).joinpath("pod-script.sh").read_text()
@@ -116,9 +117,18 @@ class PodExecutor:
     def __init__(self, api_client_factory: type[client.ApiClient] | None = None, *, concurrency: int, timeout: float):
         self._new_client = api_client_factory or client.ApiClient
         self._limit = asyncio.Semaphore(concurrency)
+        self._writing = KeyedLock[tuple[str, str]]()
         self._timeout = timeout
 
     async def run_script(self, target: PodTarget, op: str, *args: str, stdin: bytes | None = None) -> ExecResult:
+        if op == "read":
+            return await self._run(target, op, *args, stdin=stdin)
+        # Installs and removals of different plugins share the pod's configs
+        # dir (plugins/, skills/, CLAUDE.md): one writer per pod at a time.
+        async with self._writing.hold((target.namespace, target.pod)):
+            return await self._run(target, op, *args, stdin=stdin)
+
+    async def _run(self, target: PodTarget, op: str, *args: str, stdin: bytes | None) -> ExecResult:
         argv = ["/bin/sh", "-c", POD_SCRIPT, "plugin-operator", op, target.configs_dir, *args]
         async with self._limit:
             api_client = self._new_client()

@@ -21,7 +21,10 @@ marker=".plugin-operator.json"
 ensure_plugins_dir() {
   [ -d "$root" ] || mkdir -p "$root"
   [ -L "$plugins" ] && fail "$plugins is a symlink"
-  [ -d "$plugins" ] || mkdir "$plugins"
+  # Someone else may make it at the same moment: check what is there after.
+  [ -d "$plugins" ] || mkdir "$plugins" 2>/dev/null || true
+  [ -L "$plugins" ] && fail "$plugins is a symlink"
+  [ -d "$plugins" ] || fail "cannot create $plugins"
 }
 
 case "$op" in

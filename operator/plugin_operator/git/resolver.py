@@ -19,13 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from plugin_operator.concurrency import SingleFlight
 from plugin_operator.config import Settings
 from plugin_operator.domain.errors import PluginError, RepositoryNotFound, SourceUnreachable
 from plugin_operator.domain.refs import RefTable, Resolved, resolve_source_ref, select
 from plugin_operator.domain.source import Source
 from plugin_operator.domain.track import Track
 from plugin_operator.git.runner import GitError, GitRunner, GitTimeout, map_git_error, scrub
-from plugin_operator.git.singleflight import SingleFlight
 
 
 @dataclass

@@ -14,11 +14,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from plugin_operator import metrics
+from plugin_operator.concurrency import KeyedLock
 from plugin_operator.config import Settings
 from plugin_operator.delivery import plugin as delivery
 from plugin_operator.delivery.exec import PodExecutor, PodTarget
@@ -56,22 +57,11 @@ class Deps:
     mirror: MirrorService
     restarter: Restarter
     emitter: Callable[[Mapping[str, Any]], Emit]
-    locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = field(default_factory=dict)
+    locks: KeyedLock[tuple[str, str]] = field(default_factory=KeyedLock)
 
-    @contextlib.asynccontextmanager
-    async def lock(self, namespace: str, name: str) -> AsyncIterator[None]:
-        """One reconcile per install at a time. An entry lives only while
-        someone holds or waits for it, so deleted installs leave nothing."""
-        key = (namespace, name)
-        lock, users = self.locks.setdefault(key, (asyncio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self.locks[key]
+    def lock(self, namespace: str, name: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """One reconcile per install at a time."""
+        return self.locks.hold((namespace, name))
 
 
 @dataclass

@@ -42,6 +42,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from plugin_operator.concurrency import SingleFlight
 from plugin_operator.config import Settings
 from plugin_operator.domain.errors import (
     IntegrityMismatch,
@@ -61,7 +62,6 @@ from plugin_operator.domain.tree import (
 )
 from plugin_operator.git.resolver import Resolver
 from plugin_operator.git.runner import GitError, GitRunner, GitTimeout, map_git_error
-from plugin_operator.git.singleflight import SingleFlight
 
 _REGULAR_MODES = {b"100644": 0o644, b"100755": 0o755, b"100664": 0o644}
 _FETCH = ("fetch", "--quiet", "--depth=1", "--no-tags", "--no-recurse-submodules")

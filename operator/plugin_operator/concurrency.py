@@ -1,10 +1,12 @@
-"""Single flight: concurrent callers asking for one key share one call."""
+"""Keyed asyncio helpers: single flight (concurrent callers asking for one
+key share one call) and a lock per key that lives only while used."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -32,3 +34,27 @@ class SingleFlight(Generic[K, V]):
             del self._inflight[key]
         if not done.cancelled():
             done.exception()  # retrieved: no "never retrieved" warning when every caller left
+
+
+class KeyedLock(Generic[K]):
+    """One holder per key at a time. An entry lives only while someone holds
+    or waits for it, so keys that go away (deleted installs, gone pods) leave
+    nothing behind."""
+
+    def __init__(self) -> None:
+        self._locks: dict[K, tuple[asyncio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: K) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
