@@ -30,7 +30,6 @@ def update_state(update: Mapping[str, Any]) -> str:
 @dataclass(frozen=True)
 class Decision:
     kind: Literal["untracked", "current", "same-content", "propose", "dismissed", "not-newer"]
-    upstream: Resolved | None = None
     reason: str = ""
     message: str = ""
     rewritten: bool = False  # a tag re-pointed upstream: a security event
@@ -62,20 +61,19 @@ def decide(
     candidate is staged: see `same_content`.
     """
     if not track.drifts or upstream is None or installed_sha is None:
-        return Decision("untracked", upstream, "NotTracked", f"track {track.normalized}: never swept")
+        return Decision("untracked", "NotTracked", f"track {track.normalized}: never swept")
     if upstream.sha == installed_sha:
-        return Decision("current", upstream, "UpToDate", f"{track.normalized} is at the installed commit")
+        return Decision("current", "UpToDate", f"{track.normalized} is at the installed commit")
     if track.kind in ("latest", "semver") and table is not None:
         new = Version.parse((upstream.ref_name or "").removeprefix("refs/tags/"))
         have = _version_at(installed_sha, table)
         if new is not None and have is not None and new <= have:
             return Decision(
-                "not-newer", upstream, "UpToDate", f"{track.normalized}: {new} is not newer than the installed {have}"
+                "not-newer", "UpToDate", f"{track.normalized}: {new} is not newer than the installed {have}"
             )
     if upstream.sha in set(dismissed):
         return Decision(
             "dismissed",
-            upstream,
             "UpdateDismissed",
             f"the update to {upstream.sha[:12]} was dismissed; a newer target will be proposed",
         )
@@ -84,7 +82,7 @@ def decide(
     message = f"{track.normalized} moved to {upstream.sha[:12]} (installed {installed_sha[:12]})"
     if rewritten:
         message = f"tag {track.value} was re-pointed upstream to {upstream.sha[:12]} (installed {installed_sha[:12]})"
-    return Decision("propose", upstream, reason, message, rewritten)
+    return Decision("propose", reason, message, rewritten)
 
 
 def open_updates_to_supersede(updates: Iterable[Mapping[str, Any]], keep: str | None) -> list[Mapping[str, Any]]:

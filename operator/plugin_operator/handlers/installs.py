@@ -78,11 +78,11 @@ async def _kick_workspace(deps: Deps, namespace: str, workspace: str | None, del
 async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     pod = event["object"]
     uid = pod["metadata"].get("uid", "")
-    if event["type"] == "DELETED":
-        _seen_running.discard(uid)
+    phase = (pod.get("status") or {}).get("phase")
+    if event["type"] == "DELETED" or pod["metadata"].get("deletionTimestamp") or phase in ("Succeeded", "Failed"):
+        _seen_running.discard(uid)  # on its way out: whichever of these events the watch delivers
         return
-    running = (pod.get("status") or {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp")
-    if not running or uid in _seen_running:
+    if phase != "Running" or uid in _seen_running:
         return
     _seen_running.add(uid)
     workspace = (pod["metadata"].get("labels") or {}).get(WORKSPACE_LABEL)

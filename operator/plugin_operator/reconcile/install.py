@@ -66,7 +66,6 @@ class Deps:
 
 @dataclass
 class Outcome:
-    ready: bool
     retry_after: float | None = None  # a temporary failure: try again later
     message: str = ""
     kind: str = "current"  # for the metrics: installed, current, failed, stalled, suspended
@@ -264,7 +263,7 @@ async def reconcile_install(deps: Deps, namespace: str, name: str, *, target_sha
     async with deps.lock(namespace, name):
         obj = await deps.kube.get(INSTALLS, namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
-            return Outcome(ready=False, message="gone")
+            return Outcome(message="gone")
         return await _reconcile_locked(deps, obj, target_sha=target_sha)
 
 
@@ -286,7 +285,7 @@ async def _reconcile_steps(deps: Deps, obj: Mapping[str, Any], *, target_sha: st
     if spec.suspend:
         note = cond.Condition("Stalled", False, "Suspended", "spec.suspend is true: not reconciling")
         await write_status(deps, obj, whole_status(prev, generation, [note]), emit)
-        return Outcome(ready=False, message="suspended", kind="suspended")
+        return Outcome(message="suspended", kind="suspended")
     winner = await _claim_winner(deps, obj, spec)
     if winner != meta["name"]:
         conflict = Conflict(
@@ -352,7 +351,7 @@ async def _bring_workspace(
         kept = {k: prev.get(k) for k in ("installedSHA", "installedDigest", "installedAt", "installedSkills")}
         status = whole_status(prev, generation, conditions, **{**base, **kept, "pods": pods_status})
         await write_status(deps, obj, status, emit)
-        return Outcome(ready=False, retry_after=15, message=message, kind="failed")
+        return Outcome(retry_after=15, message=message, kind="failed")
 
     if failed:
         detail = "; ".join(r.error or "" for r in failed[:5])
@@ -386,7 +385,7 @@ async def _bring_workspace(
         pods=pods_status,
     )
     await write_status(deps, obj, status, emit)
-    return Outcome(ready=True, message=message, kind="installed" if delivered or changed else "current")
+    return Outcome(message=message, kind="installed" if delivered or changed else "current")
 
 
 def _label(spec: InstallSpec, sha: str | None) -> str:
@@ -442,8 +441,8 @@ async def _stalled(
     await write_status(deps, obj, status, emit)
     metrics.ERRORS.labels(exc.reason).inc()
     if exc.permanent:
-        return Outcome(ready=False, message=exc.message, kind="stalled")
-    return Outcome(ready=False, retry_after=30, message=exc.message, kind="failed")
+        return Outcome(message=exc.message, kind="stalled")
+    return Outcome(retry_after=30, message=exc.message, kind="failed")
 
 
 # -- uninstall ---------------------------------------------------------------------
@@ -461,7 +460,7 @@ async def uninstall(deps: Deps, obj: Mapping[str, Any]) -> Outcome:
         plugin = prev.get("pluginName")
         if not prev.get("installedDigest") or not plugin:
             await deps.mirror.install_deleted(obj)
-            return Outcome(ready=True, message="nothing was installed")
+            return Outcome(message="nothing was installed")
         raw_spec = obj.get("spec") or {}
         try:
             spec = parse_install_spec(raw_spec, allow_unpinned=True)
@@ -489,10 +488,10 @@ async def uninstall(deps: Deps, obj: Mapping[str, Any]) -> Outcome:
             if errors:
                 message = f"uninstall of {plugin} failed in {len(errors)} pod(s): {'; '.join(errors[:3])}"
                 emit("Warning", "UninstallFailed", message)
-                return Outcome(ready=False, retry_after=15, message=message, kind="failed")
+                return Outcome(retry_after=15, message=message, kind="failed")
             note = ""
             if restart == "Rollout" and targets:
                 note = await _restart(deps, job, namespace, pods, [p.name for p in targets])
         emit("Normal", "Uninstalled", f"{plugin} removed from {len(targets)} pod(s){note}")
         await deps.mirror.install_deleted(obj)
-        return Outcome(ready=True, message="removed")
+        return Outcome(message="removed")

@@ -53,7 +53,6 @@ class Restarter:
         self._changed = asyncio.Condition()
         self._pending: dict[Workload, asyncio.Future[None]] = {}
         self._asked_by: dict[Workload, set[Workspace]] = {}
-        self.restarts = 0
 
     @contextlib.asynccontextmanager
     async def working(self, workspace: Workspace) -> AsyncIterator[Job]:
@@ -98,5 +97,4 @@ class Restarter:
         namespace, kind, name = workload
         at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         await self._patch(namespace, kind, name, at)
-        self.restarts += 1
         log.info("restarted %s %s/%s", kind, namespace, name)

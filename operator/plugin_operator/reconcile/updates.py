@@ -135,7 +135,10 @@ async def resolve_now(deps: Deps, namespace: str, name: str, request: str) -> No
         return
     if _tracked(obj, deps) is not None:
         await sweep(deps, [obj])
-    await deps.kube.patch_status(INSTALLS, namespace, name, {"observedResolve": request})
+    # Under the install's lock: every status writer reads the object inside
+    # it, so none writes back an older observedResolve.
+    async with deps.lock(namespace, name):
+        await deps.kube.patch_status(INSTALLS, namespace, name, {"observedResolve": request})
 
 
 # -- one install ----------------------------------------------------------------
@@ -186,7 +189,7 @@ async def check_install(deps: Deps, namespace: str, name: str, table: RefTable |
                 return
             if candidate.digest == prev.get("installedDigest"):
                 decision = drift.Decision(
-                    "same-content", upstream, "UpToDate", f"{upstream.sha[:12]} leaves the plugin's tree unchanged"
+                    "same-content", "UpToDate", f"{upstream.sha[:12]} leaves the plugin's tree unchanged"
                 )
             else:
                 await _propose(deps, obj, spec, updates, upstream.sha, candidate.digest, decision, emit)
@@ -326,7 +329,7 @@ async def _set_update_state(
 async def reconcile_update(deps: Deps, namespace: str, name: str) -> Outcome:
     update = await deps.kube.get(UPDATES, namespace, name)
     if update is None:
-        return Outcome(ready=False, message="gone")
+        return Outcome(message="gone")
     spec = update.get("spec") or {}
     state = drift.update_state(update)
     emit = deps.emitter(update)
@@ -342,7 +345,7 @@ async def reconcile_update(deps: Deps, namespace: str, name: str) -> Outcome:
             if (update.get("status") or {}).get("message") != message:
                 await _set_update_state(deps, update, state, message)
                 emit("Normal", "Ignored", message)
-        return Outcome(ready=True, message=state)
+        return Outcome(message=state)
 
     install_name = spec.get("pluginInstall", "")
     if dismissed:
@@ -351,12 +354,12 @@ async def reconcile_update(deps: Deps, namespace: str, name: str) -> Outcome:
         )
         emit("Normal", "Dismissed", f"update to {spec.get('toSHA', '')[:12]} dismissed")
         await _clear_pending(deps, namespace, install_name, name, "UpdateDismissed", "update dismissed")
-        return Outcome(ready=True, message="dismissed")
+        return Outcome(message="dismissed")
     if not approved:
         if state != "Pending" or not update.get("status"):
             update = await _set_update_state(deps, update, "Pending", "waiting for approval")
         await deps.mirror.update_changed(update)
-        return Outcome(ready=True, message="pending")
+        return Outcome(message="pending")
 
     to_sha = str(spec.get("toSHA"))
     attempts = int((update.get("status") or {}).get("attempts", 0)) + 1
@@ -371,24 +374,24 @@ async def reconcile_update(deps: Deps, namespace: str, name: str) -> Outcome:
         message = f"apply of {to_sha[:12]} failed (attempt {attempts}, retrying in {delay:.0f}s): {outcome.message}"
         await _set_update_state(deps, update, "Failed", message)
         emit("Warning", "ApplyFailed", message)
-        return Outcome(ready=False, retry_after=delay, message=message)
+        return Outcome(retry_after=delay, message=message)
     at = now_text()
     await _set_update_state(
         deps, update, "Applied", f"installed {to_sha[:12]}", extra={"appliedSHA": to_sha, "appliedAt": at}
     )
     emit("Normal", "Applied", f"installed {to_sha[:12]} into workspace {spec.get('workspace')}")
     await _clear_pending(deps, namespace, install_name, name, "UpToDate", f"update {name} applied")
-    return Outcome(ready=True, message="applied")
+    return Outcome(message="applied")
 
 
 async def retry_update(deps: Deps, namespace: str, name: str, request: str) -> Outcome:
     """The `plugins.workspace.dev/retry` annotation: apply a Failed update again."""
     update = await deps.kube.get(UPDATES, namespace, name)
     if update is None or (update.get("status") or {}).get("observedRetry") == request:
-        return Outcome(ready=False, message="nothing to retry")
+        return Outcome(message="nothing to retry")
     await deps.kube.patch_status(UPDATES, namespace, name, {"observedRetry": request})
     if drift.update_state(update) != "Failed":
-        return Outcome(ready=True, message=f"not retried: the update is {drift.update_state(update)}")
+        return Outcome(message=f"not retried: the update is {drift.update_state(update)}")
     return await reconcile_update(deps, namespace, name)
 
 
