@@ -44,9 +44,6 @@ class KeyedLock(Generic[K]):
     def __init__(self) -> None:
         self._locks: dict[K, tuple[asyncio.Lock, list[int]]] = {}
 
-    def __len__(self) -> int:
-        return len(self._locks)
-
     @contextlib.asynccontextmanager
     async def hold(self, key: K) -> AsyncIterator[None]:
         lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
