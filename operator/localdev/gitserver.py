@@ -8,7 +8,11 @@ Repositories are built with plumbing (`hash-object`, `mktree`, `commit-tree`,
 needs: executables, symlinks pointing anywhere, rewritten history.
 
 Served repositories set `uploadpack.allowAnySHA1InWant` (and the reachable
-variant) so clients can fetch a commit by SHA, as GitHub allows.
+variant) so clients can fetch a commit by SHA, as GitHub allows, and
+`uploadpack.allowFilter` so partial clones (`--filter=blob:none`) work, as on
+GitHub; `create_repo(..., allow_filter=False)` serves a repository the way a
+server without filter support does. `bytes_sent` counts the response bytes
+served, so a test can measure what a client downloaded.
 
     with GitServer() as server:
         sha = server.create_repo("acme", "hello", {"plugin.yaml": "name: hello\\n"})
@@ -28,7 +32,7 @@ import socket
 import subprocess
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -111,6 +115,8 @@ class GitServer(_Service):
         self._thread: threading.Thread | None = None
         self._clock = 1_700_000_000  # commit dates: distinct and reproducible
         self.requests = 0  # HTTP requests served (a test can assert on traffic)
+        self.bytes_sent = 0  # response body bytes served
+        self._count_lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -159,9 +165,18 @@ class GitServer(_Service):
             raise RuntimeError(f"{argv[:3]} failed: {done.stderr.decode(errors='replace').strip()}")
         return done.stdout
 
-    def create_repo(self, owner: str, repo: str, files: Files | None = None, *, branch: str = "main") -> str:
+    def create_repo(
+        self,
+        owner: str,
+        repo: str,
+        files: Files | None = None,
+        *,
+        branch: str = "main",
+        allow_filter: bool = True,
+    ) -> str:
         """Create a bare repository; with `files`, commit them on `branch` and
-        make it the default branch. Returns the commit SHA ('' when empty)."""
+        make it the default branch. Returns the commit SHA ('' when empty).
+        `allow_filter=False` refuses partial-clone filters (an old server)."""
         path = self.path(owner, repo)
         path.mkdir(parents=True, exist_ok=False)
         self._run(["git", "init", "--quiet", "--bare", f"--initial-branch={branch}"], cwd=path)
@@ -169,6 +184,7 @@ class GitServer(_Service):
             ("uploadpack.allowAnySHA1InWant", "true"),
             ("uploadpack.allowReachableSHA1InWant", "true"),
             ("uploadpack.allowTipSHA1InWant", "true"),
+            ("uploadpack.allowFilter", "true" if allow_filter else "false"),
             ("http.receivepack", "false"),
         ):
             self._run(["git", "config", key, value], cwd=path)
@@ -187,7 +203,22 @@ class GitServer(_Service):
     ) -> str:
         """Commit `files` (the whole tree) on top of `branch` (or `parent`,
         or nothing when `orphan`) and move `branch` to it. Returns the SHA."""
-        tree = self._tree(owner, repo, files)
+        return self.commit_tree(
+            owner, repo, self._tree(owner, repo, files), branch=branch, message=message, parent=parent, orphan=orphan
+        )
+
+    def commit_tree(
+        self,
+        owner: str,
+        repo: str,
+        tree: str,
+        *,
+        branch: str = "main",
+        message: str = "commit",
+        parent: str | None = None,
+        orphan: bool = False,
+    ) -> str:
+        """Commit the tree object `tree` (see `raw_tree`) as `commit` does."""
         if parent is None and not orphan:
             with contextlib.suppress(RuntimeError):
                 parent = self.git(owner, repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}")
@@ -227,6 +258,23 @@ class GitServer(_Service):
 
     def move_tag(self, owner: str, repo: str, name: str, sha: str, *, annotated: bool = False) -> None:
         self.tag(owner, repo, name, sha, annotated=annotated, force=True)
+
+    def blob(self, owner: str, repo: str, content: bytes | str) -> str:
+        """Write a blob; return its SHA."""
+        return self._blob(owner, repo, _bytes(content))
+
+    def tree(self, owner: str, repo: str, files: Files) -> str:
+        """Write the tree of `files` (as `commit` would); return its SHA."""
+        return self._tree(owner, repo, files)
+
+    def raw_tree(self, owner: str, repo: str, entries: Sequence[tuple[str, bytes | str, str]]) -> str:
+        """Write a tree object holding exactly `entries` (mode, name, SHA), in
+        that order and unchecked (`hash-object --literally`): duplicate
+        names, any bytes in a name, a `/` in a name, unsorted entries: what
+        `git mktree` and `fsck` refuse and a hostile server may still serve.
+        Modes are raw (`100644`, `40000` for a tree, `120000`, `160000`)."""
+        body = b"".join(mode.encode() + b" " + _bytes(name) + b"\0" + bytes.fromhex(sha) for mode, name, sha in entries)
+        return self.git(owner, repo, "hash-object", "-t", "tree", "-w", "--literally", "--stdin", stdin=body)
 
     def _tree(self, owner: str, repo: str, files: Files) -> str:
         nested: dict[str, object] = {}
@@ -299,7 +347,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _backend(self) -> None:
         server = self.server_ref
-        server.requests += 1
+        with server._count_lock:
+            server.requests += 1
         parts = urlsplit(self.path)
         body = self._body()
         env = _git_env(server._home) | {
@@ -347,6 +396,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+        with server._count_lock:
+            server.bytes_sent += len(payload)
 
 
 class Blackhole(_Service):

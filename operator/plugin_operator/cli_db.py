@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from plugin_operator.domain.mirror_rows import rows_from_objects
+from plugin_operator.domain.redact import redact
 from plugin_operator.mirror import Mirror
 from plugin_operator.mirror.urls import safe_url
 
@@ -82,7 +83,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         return EXIT_CANNOT_CHECK
     from sqlalchemy.exc import SQLAlchemyError
 
-    mirror = Mirror(url)
+    try:
+        mirror = Mirror(url)
+    except Exception as exc:  # not a URL SQLAlchemy can read
+        print(f"error: DATABASE_URL {safe_url(url)} is not usable: {redact(str(exc))}", file=err)
+        return EXIT_CANNOT_CHECK
     try:
         if args.command == "upgrade":
             mirror.upgrade()
@@ -91,12 +96,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         try:
             installs, updates = list_cluster_objects()
         except Exception as exc:
-            print(f"error: listing PluginInstalls and PluginUpdates failed: {exc}", file=err)
+            print(f"error: listing PluginInstalls and PluginUpdates failed: {redact(str(exc))}", file=err)
             return EXIT_CANNOT_CHECK
         return report(*compare(mirror, installs, updates), out=out, err=err)
     except SQLAlchemyError as exc:
         first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        print(f"error: database {safe_url(mirror.url)}: {first}", file=err)
+        print(f"error: database {safe_url(mirror.url)}: {redact(first)}", file=err)
         return EXIT_CANNOT_CHECK
     finally:
         mirror.close()

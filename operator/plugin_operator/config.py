@@ -9,9 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from plugin_operator.domain.redact import redact
+
 
 class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
+    """A setting is missing or malformed; the message names the variable
+    (and never shows a credential: it goes through domain.redact)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -20,7 +26,7 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 def parse_duration(name: str, raw: str) -> float:
     """`90`, `90s`, `5m`, `1h`, `250ms` -> seconds."""
-    match = _DURATION.match(raw.strip())
+    match = _DURATION.fullmatch(raw.strip())
     if not match:
         raise ConfigError(f"{name}={raw!r}: expected a duration such as 30s, 5m or 1h")
     seconds = float(match.group(1)) * _UNITS[match.group(2)]
@@ -72,6 +78,10 @@ class Settings:
     cache_dir: Path = Path("/var/cache/plugin-operator")
     allow_unpinned: bool = False
     max_dir_bytes: int = 100 * 1024 * 1024
+    max_files: int = 10_000  # files in one plugin tree
+    max_depth: int = 32  # path segments of a file in the tree (`a/b/c` is 3)
+    max_name_bytes: int = 255  # one path segment, in UTF-8 bytes
+    max_path_bytes: int = 1024  # a whole relative path, in UTF-8 bytes
     fetch_timeout: float = 300.0
     resolve_timeout: float = 30.0
     resolve_cache_ttl: float = 10.0
@@ -87,13 +97,9 @@ class Settings:
     log_debug: bool = False
 
     def redacted(self) -> str:
-        """The settings for a log line: never the database password."""
-        shown = {k: v for k, v in vars(self).items() if k != "database_url"}
-        if self.database_url:
-            url = urlsplit(self.database_url)
-            host = url.hostname or ""
-            shown["database_url"] = f"{url.scheme}://{url.username or ''}:***@{host}:{url.port or ''}{url.path}"
-        return ", ".join(f"{k}={v}" for k, v in shown.items())
+        """The settings for a log line: never a password, token or signature
+        (every value goes through domain.redact)."""
+        return ", ".join(f"{k}={redact(str(v))}" for k, v in vars(self).items())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -105,11 +111,19 @@ class Settings:
             return value if value not in (None, "") else None
 
         base = get("GITHUB_BASE_URL") or defaults.github_base_url
-        parts = urlsplit(base)
-        if parts.scheme not in ("https", "http", "file") or (parts.scheme != "file" and not parts.hostname):
-            raise ConfigError(f"GITHUB_BASE_URL={base!r}: expected an http(s) URL such as https://github.com")
-        if parts.username or parts.password:
+        try:
+            parts = urlsplit(base)
+        except ValueError:
+            raise ConfigError(f"GITHUB_BASE_URL={base!r}: not a URL") from None
+        if parts.username or parts.password or "@" in parts.netloc:
             raise ConfigError("GITHUB_BASE_URL must not carry credentials; use a git credential helper")
+        if parts.scheme not in ("https", "http", "file") or (parts.scheme != "file" and not parts.hostname):
+            raise ConfigError(f"GITHUB_BASE_URL={redact(base)!r}: expected an http(s) URL such as https://github.com")
+        if parts.query or parts.fragment or "?" in base or "#" in base:
+            raise ConfigError(
+                "GITHUB_BASE_URL must not carry a query string or fragment (tokens in URLs end up in logs); "
+                "use a git credential helper"
+            )
 
         def dur(name: str, default: float) -> float:
             raw = get(name)
@@ -125,6 +139,10 @@ class Settings:
             cache_dir=Path(get("PLUGIN_CACHE_DIR") or defaults.cache_dir),
             allow_unpinned=_parse_bool("PLUGIN_ALLOW_UNPINNED", get("PLUGIN_ALLOW_UNPINNED") or "false"),
             max_dir_bytes=num("PLUGIN_INSTALL_MAX_DIR_BYTES", defaults.max_dir_bytes),
+            max_files=num("PLUGIN_INSTALL_MAX_FILES", defaults.max_files),
+            max_depth=num("PLUGIN_INSTALL_MAX_DEPTH", defaults.max_depth),
+            max_name_bytes=num("PLUGIN_INSTALL_MAX_NAME_BYTES", defaults.max_name_bytes),
+            max_path_bytes=num("PLUGIN_INSTALL_MAX_PATH_BYTES", defaults.max_path_bytes),
             fetch_timeout=dur("PLUGIN_INSTALL_FETCH_TIMEOUT", defaults.fetch_timeout),
             resolve_timeout=dur("PLUGIN_RESOLVE_TIMEOUT", defaults.resolve_timeout),
             resolve_cache_ttl=dur("PLUGIN_RESOLVE_CACHE_TTL", defaults.resolve_cache_ttl),

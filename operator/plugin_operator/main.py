@@ -8,6 +8,7 @@ import logging
 import kopf
 
 from plugin_operator import handlers  # noqa: F401 - registers the kopf handlers
+from plugin_operator.domain.redact import install_log_redaction
 from plugin_operator.handlers.settings import SETTINGS
 
 
@@ -22,6 +23,8 @@ def run(*, namespaces: list[str], liveness: str | None, peering: str | None) -> 
     settings = SETTINGS
     log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(log_format=log_format, verbose=settings.log_debug)
+    # Every record, ours or a library's, has credentials masked (design §8).
+    install_log_redaction()
     logging.getLogger("kopf.objects").addFilter(_quiet_drift_timer)
     logging.getLogger(__name__).info("starting with %s", settings.redacted())
     memo = kopf.Memo(namespaces=namespaces)

@@ -290,3 +290,197 @@ def test_a_failed_apply_keeps_the_old_plugin_backs_off_and_retries_on_request(en
     env.wait_condition("plu", name, "Applied", timeout=60)
     assert env.marker(pod_dir, "flaky")["sha"] == second  # type: ignore[index]
     assert int(env.jsonpath("plu", name, "{.status.attempts}")) >= 2
+
+
+# -- Trust: only what the operator proposed applies; Automatic never approves a rewrite ---
+
+
+def _hand_written(env: Env, name: str, install: str, to_sha: str, *, owner_uid: str | None = None, **spec: Any) -> None:
+    """A PluginUpdate made by hand (what a user with create rights could
+    write), optionally owned by the install like the operator's."""
+    status = env.get("pli", install)["status"]
+    meta: dict[str, Any] = {"name": name, "namespace": env.namespace}
+    if owner_uid is not None:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "plugins.workspace.dev/v1alpha1",
+                "kind": "PluginInstall",
+                "name": install,
+                "uid": owner_uid,
+                "controller": True,
+            }
+        ]
+    body = {
+        "pluginInstall": install,
+        "workspace": env.get("pli", install)["spec"]["workspace"],
+        "plugin": status["pluginName"],
+        "trackedRef": status["trackedRef"],
+        "fromSHA": status["installedSHA"],
+        "toSHA": to_sha,
+        **spec,
+    }
+    env.apply({"apiVersion": "plugins.workspace.dev/v1alpha1", "kind": "PluginUpdate", "metadata": meta, "spec": body})
+
+
+def _events(env: Env, name: str) -> list[dict[str, Any]]:
+    listed = json.loads(env.k("get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json"))
+    return list(listed["items"])
+
+
+def _condition(env: Env, kind: str, name: str, type_: str) -> dict[str, Any]:
+    status = env.get(kind, name).get("status") or {}
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+def test_a_hand_written_approved_update_is_rejected_and_installs_nothing(env: Env) -> None:
+    first = env.git.create_repo("acme", "trust", plugin_files("trust", "1.0.0"))
+    evil = env.git.commit("acme", "trust", plugin_files("trust", "evil"), branch="evil", parent=first)
+    env.workspace("wst1", replicas=2)
+    env.install("trust", "wst1", "github://acme/trust#main", restart="None")
+    env.wait_condition("pli", "trust", "Ready")
+    uid = env.jsonpath("pli", "trust", "{.metadata.uid}")
+    generation = env.sts_generation("wst1")
+    fetches_before = env.git.requests
+
+    _hand_written(env, "trust-evil", "trust", evil, approved=True)  # no owner at all
+    _hand_written(env, "trust-owned", "trust", evil, owner_uid=uid, approved=True)  # the right uid, unproposed
+    for name in ("trust-evil", "trust-owned"):
+        env.wait_for(f"{name} Rejected", lambda name=name: _state(env, name) == "Rejected")
+        status = env.get("plu", name)["status"]
+        assert "not proposed by the operator" in status["message"]
+        assert _condition(env, "plu", name, "Applied")["reason"] == "NotProposed"
+        assert any(e["reason"] == "NotProposed" and e["type"] == "Warning" for e in _events(env, name))
+    assert env.git.requests == fetches_before, "nothing fetched for a rejected update"
+    assert env.jsonpath("pli", "trust", "{.status.installedSHA}") == first
+    assert _installed(env, "wst1", "trust", first)
+    assert env.sts_generation("wst1") == generation
+    assert "Rejected" in env.k("get", "plu")
+
+    # Approving a rejected update changes nothing, and says why.
+    _hand_written(env, "trust-late", "trust", evil)
+    env.wait_for("Rejected", lambda: _state(env, "trust-late") == "Rejected")
+    env.k("patch", "pluginupdate", "trust-late", "--type=merge", "-p", '{"spec":{"approved":true}}')
+    env.wait_for("the refusal", lambda: "changes nothing" in env.jsonpath("plu", "trust-late", "{.status.message}"))
+    assert _state(env, "trust-late") == "Rejected"
+    assert env.jsonpath("pli", "trust", "{.status.installedSHA}") == first
+
+
+def test_a_squatter_on_the_proposal_name_is_rejected_never_adopted(env: Env) -> None:
+    env.git.create_repo("acme", "squat", plugin_files("squat", "1.0.0"))
+    env.workspace("wst2", replicas=1)
+    env.install("squat", "wst2", "github://acme/squat#main", restart="None")
+    env.wait_condition("pli", "squat", "Ready")
+    first = env.jsonpath("pli", "squat", "{.status.installedSHA}")
+    uid = env.jsonpath("pli", "squat", "{.metadata.uid}")
+    second = env.git.commit("acme", "squat", plugin_files("squat", "2.0.0"))
+    name = f"squat-{second[:12]}"
+    # Before the operator proposes it: the right name, owner and spec, approved.
+    _hand_written(env, name, "squat", second, owner_uid=uid, approved=True)
+    env.wait_for("Rejected", lambda: _state(env, name) == "Rejected")
+    _sweep(env, "squat")
+    condition = _up_to_date(env, "squat")
+    assert condition["status"] == "False" and condition["reason"] == "ProposalBlocked"
+    assert name in condition["message"] and "delete it" in condition["message"]
+    assert env.jsonpath("pli", "squat", "{.status.pendingUpdate}") == ""
+    assert env.get("plu", name)["spec"]["approved"] is True, "the squatter's spec is never patched"
+    assert _state(env, name) == "Rejected"
+    assert env.jsonpath("pli", "squat", "{.status.installedSHA}") == first
+
+    # Deleting it unblocks: the operator's own proposal takes the name.
+    env.k("delete", "pluginupdate", name)
+    _sweep(env, "squat")
+    env.wait_for("the operator's own Pending", lambda: _state(env, name) == "Pending")
+    update = env.get("plu", name)
+    assert update["metadata"]["ownerReferences"][0]["uid"] == uid and not update["spec"].get("approved")
+    assert env.jsonpath("pli", "squat", "{.status.pendingUpdate}") == name
+    env.k("patch", "pluginupdate", name, "--type=merge", "-p", '{"spec":{"approved":true}}')
+    env.wait_condition("plu", name, "Applied", timeout=90)
+    assert _installed(env, "wst2", "squat", second)
+
+
+def _rewrite_not_applied(env: Env, install: str, name: str, rewrite: str, installed: str) -> None:
+    env.wait_for("Pending", lambda: _state(env, name) == "Pending")
+    update = env.get("plu", name)
+    assert update["spec"]["rewrite"] == rewrite and not update["spec"].get("approved")
+    condition = _condition(env, "plu", name, "UpstreamRewritten")
+    assert condition["status"] == "True" and condition["reason"] == rewrite
+    assert rewrite in env.k("get", "plu", name)
+    assert "REWRITE" in env.k("get", "plu")
+    assert _up_to_date(env, install)["reason"] == "UpstreamRewritten"
+    assert any(e["reason"] == "UpstreamRewritten" and e["type"] == "Warning" for e in _events(env, install))
+    time.sleep(2)
+    assert _state(env, name) == "Pending"
+    assert env.jsonpath("pli", install, "{.status.installedSHA}") == installed
+
+
+def test_automatic_never_approves_a_moved_tag(env: Env) -> None:
+    v1 = env.git.create_repo("acme", "amt", plugin_files("amt", "1.0.0"))
+    env.git.tag("acme", "amt", "v1.0.0", v1, annotated=True)
+    env.workspace("wst3", replicas=1)
+    env.install("amt", "wst3", "github://acme/amt#v1.0.0", track="tag:v1.0.0", restart="None", updatePolicy="Automatic")
+    env.wait_condition("pli", "amt", "Ready")
+    evil = env.git.commit("acme", "amt", plugin_files("amt", "1.0.0-evil"))
+    env.git.move_tag("acme", "amt", "v1.0.0", evil, annotated=True)
+    _sweep(env, "amt")
+    _rewrite_not_applied(env, "amt", f"amt-{evil[:12]}", "TagMoved", v1)
+    assert _installed(env, "wst3", "amt", v1)
+
+
+def test_automatic_never_approves_a_moved_tag_tracked_through_the_source_fragment(env: Env) -> None:
+    v1 = env.git.create_repo("acme", "adt", plugin_files("adt", "1.0.0"))
+    env.git.tag("acme", "adt", "v1.0.0", v1)
+    env.workspace("wst4", replicas=1)
+    env.install("adt", "wst4", "github://acme/adt#v1.0.0", restart="None", updatePolicy="Automatic")  # ref:v1.0.0
+    env.wait_condition("pli", "adt", "Ready")
+    assert env.jsonpath("pli", "adt", "{.status.resolvedRef}") == "refs/tags/v1.0.0"
+    evil = env.git.commit("acme", "adt", plugin_files("adt", "1.0.0-evil"))
+    env.git.move_tag("acme", "adt", "v1.0.0", evil)
+    _sweep(env, "adt")
+    _rewrite_not_applied(env, "adt", f"adt-{evil[:12]}", "TagMoved", v1)
+
+
+def test_automatic_never_approves_a_force_pushed_branch(env: Env) -> None:
+    first = env.git.create_repo("acme", "afp", plugin_files("afp", "1.0.0"))
+    env.workspace("wst5", replicas=1)
+    env.install("afp", "wst5", "github://acme/afp#main", restart="None", updatePolicy="Automatic")
+    env.wait_condition("pli", "afp", "Ready")
+    forced = env.git.force_push("acme", "afp", plugin_files("afp", "1.0.0-rewritten"))
+    _sweep(env, "afp")
+    _rewrite_not_applied(env, "afp", f"afp-{forced[:12]}", "HistoryRewritten", first)
+
+
+def test_automatic_applies_a_fast_forward_branch(env: Env) -> None:
+    env.git.create_repo("acme", "aff", plugin_files("aff", "1.0.0"))
+    env.workspace("wst6", replicas=1)
+    env.install("aff", "wst6", "github://acme/aff#main", restart="None", updatePolicy="Automatic")
+    env.wait_condition("pli", "aff", "Ready")
+    second = env.git.commit("acme", "aff", plugin_files("aff", "2.0.0"))
+    _sweep(env, "aff")
+    name = f"aff-{second[:12]}"
+    env.wait_condition("plu", name, "Applied", timeout=90)
+    update = env.get("plu", name)
+    assert update["spec"]["approved"] is True and "rewrite" not in update["spec"]
+    assert _installed(env, "wst6", "aff", second)
+    assert env.jsonpath("pli", "aff", "{.status.installedSHA}") == second
+
+
+def test_a_tag_track_and_a_same_named_branch_raise_no_false_rewrite(env: Env) -> None:
+    tagged = env.git.create_repo("acme", "stb", plugin_files("stb", "1.0.0"))
+    env.git.tag("acme", "stb", "stable", tagged, annotated=True)
+    branch_head = env.git.commit("acme", "stb", plugin_files("stb", "1.1.0-branch"))
+    env.git.branch("acme", "stb", "stable", branch_head)
+    env.workspace("wst7", replicas=1)
+    env.install("stb", "wst7", "github://acme/stb#stable", track="tag:stable", restart="None", updatePolicy="Automatic")
+    env.wait_condition("pli", "stb", "Ready")
+    assert env.jsonpath("pli", "stb", "{.status.installedSHA}") == tagged
+    assert env.jsonpath("pli", "stb", "{.status.resolvedRef}") == "refs/tags/stable"
+    _sweep(env, "stb")
+    condition = _up_to_date(env, "stb")
+    assert condition["status"] == "True" and condition["reason"] == "UpToDate"
+    # The branch moving is not the tag moving.
+    env.git.commit("acme", "stb", plugin_files("stb", "1.2.0-branch"), branch="stable")
+    _sweep(env, "stb")
+    assert _updates(env) == []
+    assert _up_to_date(env, "stb")["reason"] == "UpToDate"
+    events = _events(env, "stb")
+    assert not any(e["reason"] == "UpstreamRewritten" for e in events)

@@ -3,14 +3,22 @@ configs dir (in pods it runs the same way, through pods/exec)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import shutil
 import subprocess
 import tarfile
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from plugin_operator.delivery.exec import POD_SCRIPT
+from plugin_operator.delivery.plugin import RemoveReport, parse_remove_report
+from plugin_operator.domain.claude_md import begin_line, end_line
 
 
 def tar_of(files: dict[str, bytes]) -> bytes:
@@ -60,3 +68,151 @@ def test_read_prints_the_marker_and_remove_takes_the_plugin_away(tmp_path: Path)
     assert run("remove", root, "p", "tok2").returncode == 0
     assert run("read", root, "p").stdout == b""
     assert list((root / "plugins").iterdir()) == []
+
+
+# -- CLAUDE.md on removal (design §4); the hostile variants are in tests/hostile/test_pod_script.py --
+
+BEGIN, END = b"<!-- plugin-operator:begin p -->", b"<!-- plugin-operator:end p -->"
+BUSYBOX = shutil.which("busybox")
+SHELLS = [
+    pytest.param(None, id="host-sh"),
+    pytest.param("busybox", id="busybox", marks=pytest.mark.skipif(BUSYBOX is None, reason="no busybox")),
+]
+
+
+def remove_with(shell: str | None, root: Path, tmp_path: Path) -> subprocess.CompletedProcess[bytes]:
+    if shell is None:
+        return run("remove", root, "p", "tok")
+    assert BUSYBOX is not None
+    bindir = tmp_path / "busybox-bin"
+    bindir.mkdir(exist_ok=True)
+    for tool in ("awk", "sh", "grep", "tr", "wc", "tail", "mv", "rm", "ls", "cut", "chmod", "head", "find", "mkdir"):
+        if not (bindir / tool).exists():
+            (bindir / tool).symlink_to(BUSYBOX)
+    argv = [BUSYBOX, "sh", "-c", POD_SCRIPT, "plugin-operator", "remove", str(root), "p", "tok"]
+    return subprocess.run(argv, capture_output=True, timeout=30, check=False, env={"PATH": str(bindir)})
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_remove_takes_out_exactly_the_plugins_block(tmp_path: Path, shell: str | None) -> None:
+    root = tmp_path / "configs"
+    assert install(root, "p").returncode == 0
+    doc = root / "CLAUDE.md"
+    doc.write_bytes(b"# Mine\r\n" + BEGIN + b"\r\nrule\r\n" + END + b"\r\n" + b"tail without newline")
+    result = remove_with(shell, root, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert doc.read_bytes() == b"# Mine\r\ntail without newline"
+    assert parse_remove_report(result.stdout) == RemoveReport(removed_blocks=1)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_remove_leaves_an_unterminated_block_alone_and_says_so(tmp_path: Path, shell: str | None) -> None:
+    root = tmp_path / "configs"
+    assert install(root, "p").returncode == 0
+    doc = root / "CLAUDE.md"
+    content = b"# Mine\n" + BEGIN + b"\nrule\nthe user's own notes, written after the block\n"
+    doc.write_bytes(content)
+    result = remove_with(shell, root, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert doc.read_bytes() == content
+    assert not (root / "plugins" / "p").exists()
+    report = parse_remove_report(result.stdout)
+    assert report.left_alone == "ambiguous content: the begin marker for p has no end marker, line 2"
+
+
+def test_the_script_removes_the_markers_the_operator_writes() -> None:
+    assert begin_line("p").encode() == BEGIN and end_line("p").encode() == END
+    assert '<!-- plugin-operator:begin " name " -->' in POD_SCRIPT
+    assert '<!-- plugin-operator:end " name " -->' in POD_SCRIPT
+
+
+def test_the_report_from_the_pod_is_bounded_and_sanitised() -> None:
+    hostile = b"noise\nclaude-md: ambiguous: " + b"\x1b[31m" + b"x" * 10_000 + b"\n"
+    report = parse_remove_report(hostile)
+    assert report.left_alone is not None and len(report.left_alone) < 400 and "\x1b" not in report.left_alone
+    assert parse_remove_report(b"claude-md: removed 99999999999\n") == RemoveReport()
+    assert parse_remove_report(b"") == RemoveReport()
+
+
+# -- the operator's side: uninstall with the real script behind a fake exec ----------
+
+
+class _LocalExecutor:
+    """Runs the pod script with the host's /bin/sh on a directory per pod."""
+
+    def __init__(self, dirs: dict[str, Path]) -> None:
+        self.dirs = dirs
+
+    async def checked(self, target: Any, op: str, *args: str, stdin: bytes | None = None) -> bytes:
+        argv = ["/bin/sh", "-c", POD_SCRIPT, "plugin-operator", op, str(self.dirs[target.pod]), *args]
+        done = await asyncio.to_thread(subprocess.run, argv, input=stdin or b"", capture_output=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+
+class _Kube:
+    def __init__(self, pods: list[dict[str, Any]]) -> None:
+        self.pods = pods
+        self.statuses: list[Mapping[str, Any]] = []
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return self.pods
+
+    async def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.statuses.append(status)
+
+    async def workload_of(self, namespace: str, kind: str, name: str) -> None:
+        return None
+
+
+class _Mirror:
+    async def install_deleted(self, obj: Mapping[str, Any]) -> None:
+        pass
+
+
+async def test_uninstall_reports_a_claude_md_left_alone_and_still_completes(tmp_path: Path) -> None:
+    from plugin_operator.reconcile.install import Deps, uninstall
+    from plugin_operator.reconcile.restart import Restarter
+
+    dirs = {"ws-0": tmp_path / "ws-0", "ws-1": tmp_path / "ws-1"}
+    for root in dirs.values():
+        assert install(root, "p").returncode == 0
+    (dirs["ws-0"] / "CLAUDE.md").write_bytes(b"mine\n" + BEGIN + b"\nrule\n" + END + b"\n")
+    ambiguous = b"mine\n" + BEGIN + b"\nrule and the user's notes after it\n"
+    (dirs["ws-1"] / "CLAUDE.md").write_bytes(ambiguous)
+    pods = [
+        {
+            "metadata": {"name": name, "labels": {}},
+            "spec": {"containers": [{"name": "agent", "env": [{"name": "CONFIGS_DIR", "value": str(root)}]}]},
+            "status": {"phase": "Running"},
+        }
+        for name, root in dirs.items()
+    ]
+    events: list[tuple[str, str, str]] = []
+    kube = _Kube(pods)
+    deps = Deps(
+        settings=None,  # type: ignore[arg-type]
+        kube=kube,  # type: ignore[arg-type]
+        resolver=None,  # type: ignore[arg-type]
+        stager=None,  # type: ignore[arg-type]
+        executor=_LocalExecutor(dirs),  # type: ignore[arg-type]
+        mirror=_Mirror(),  # type: ignore[arg-type]
+        restarter=Restarter(lambda *a: asyncio.sleep(0)),
+        emitter=lambda obj: lambda *event: events.append(event),
+    )
+    obj = {
+        "metadata": {"name": "p", "namespace": "ns"},
+        "spec": {"workspace": "ws", "source": "local://p", "restart": "None"},
+        "status": {"pluginName": "p", "installedDigest": "d" * 64, "installedSkills": []},
+    }
+    outcome = await uninstall(deps, obj)
+    assert outcome.message == "removed" and outcome.retry_after is None
+    assert (dirs["ws-0"] / "CLAUDE.md").read_bytes() == b"mine\n"
+    assert (dirs["ws-1"] / "CLAUDE.md").read_bytes() == ambiguous
+    assert not (dirs["ws-1"] / "plugins" / "p").exists()
+    (warning,) = [e for e in events if e[1] == "ClaudeMdLeftAlone"]
+    assert warning[0] == "Warning" and "ws-1" in warning[2] and "has no end marker, line 2" in warning[2]
+    (status,) = kube.statuses
+    by_pod = {p["name"]: p["message"] for p in status["pods"]}
+    assert "CLAUDE.md left untouched" in by_pod["ws-1"] and "no end marker" in by_pod["ws-1"]
+    assert by_pod["ws-0"] == "p removed"

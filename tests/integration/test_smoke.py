@@ -473,7 +473,7 @@ def test_pluginupdate_status_is_kept_whole_and_printed(kube: LocalCluster, names
     stored = json.loads(kube.kubectl("get", "plu", "review-bbbbbbbbbbbb", "-n", namespace, "-o", "json").stdout)
     assert stored["status"] == status
     header, row = kube.kubectl("get", "plu", "-n", namespace).stdout.splitlines()
-    assert header.split() == ["NAME", "WORKSPACE", "PLUGIN", "FROM", "TO", "STATE", "AGE"]
+    assert header.split() == ["NAME", "WORKSPACE", "PLUGIN", "FROM", "TO", "STATE", "REWRITE", "AGE"]
     assert row.split()[:6] == ["review-bbbbbbbbbbbb", "ws-1", "review", SHA_A[:12], SHA_B[:12], "Pending"]
 
     bad = {"status": {"state": "Done"}}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from plugin_operator.domain.errors import (
     InvalidPlugin,
     RefNotFound,
     SourceUnreachable,
+    StagingFailed,
     TreeTooLarge,
     UnsafeTree,
 )
@@ -256,3 +259,170 @@ async def test_local_plugins_come_from_the_registry(tmp_path: Path, settings: Se
         await stager.stage(parse_source("hello", allow_unpinned=False))
     with pytest.raises(InvalidPlugin, match="not in the registry"):
         await stager.stage(parse_source("local://missing", allow_unpinned=False))
+
+
+# --- bounded downloads (design §4: size cap before download) ------------------------------------
+
+
+class _PeakDiskUsage:
+    """Samples the bytes under a directory from a thread while git writes:
+    a real measurement of what staging put on the operator's disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _usage(self) -> int:
+        total = 0
+        for dirpath, _, names in os.walk(self.root):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._usage())
+            time.sleep(0.001)
+
+    def __enter__(self) -> _PeakDiskUsage:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._usage())
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("overhead", "allow_filter", "complaint"),
+    [
+        (8 * MIB, True, r"is 30000\d\d bytes, over 1048576"),  # fetched within the budget, refused by its real size
+        (256 * 1024, True, "server sent more than"),  # the file size limit stops the download itself
+        (256 * 1024, False, "server sent more than"),  # a server without filter support: still bounded
+    ],
+    ids=["blob-fetched-then-refused", "rlimit-stops-the-blob-fetch", "rlimit-stops-a-full-fetch"],
+)
+async def test_a_3mb_blob_over_a_1mib_cap_never_fills_the_disk(
+    git_server: GitServer, git_owner: str, tmp_path: Path, overhead: int, allow_filter: bool, complaint: str
+) -> None:
+    settings = git_settings(git_server.base_url, tmp_path, max_dir_bytes=MIB)
+    sha = git_server.create_repo(
+        git_owner, "hello", {**PLUGIN, "big.bin": os.urandom(3_000_000)}, allow_filter=allow_filter
+    )
+    stager = Stager(settings, GitRunner(settings), fetch_overhead=overhead)
+    with _PeakDiskUsage(settings.cache_dir) as usage, pytest.raises(TreeTooLarge, match=complaint):
+        await stager.stage(src(git_owner, "hello#main"), sha)
+    # Each file git writes is bounded by RLIMIT_FSIZE; the pack index and
+    # small bookkeeping files come on top (a few KiB here).
+    assert usage.peak <= MIB + overhead + 64 * 1024, usage.peak
+    assert usage.peak > 0
+    assert not list((settings.cache_dir / "trees").glob("*"))
+    assert not list((settings.cache_dir / "tmp").glob("*"))
+    fetches = stager.git_fetches
+    with pytest.raises(TreeTooLarge):  # remembered: no second download
+        await stager.stage(src(git_owner, "hello#main"), sha)
+    assert stager.git_fetches == fetches
+
+
+async def test_a_subdirectory_source_downloads_only_its_own_blobs(
+    git_server: GitServer, git_owner: str, settings: Settings
+) -> None:
+    sha = git_server.create_repo(
+        git_owner,
+        "mono",
+        {
+            "big/a.bin": os.urandom(2_000_000),
+            "big/b.bin": os.urandom(2_000_000),
+            "other/plugin.yaml": "name: other\n",
+            "lint/plugin.yaml": "name: lint\n",
+            "lint/rules/a.md": "A" * 1000,
+        },
+    )
+    before = git_server.bytes_sent
+    staged = await Stager(settings, GitRunner(settings)).stage(src(git_owner, "mono/lint#main"), sha)
+    downloaded = git_server.bytes_sent - before
+    assert sorted(_files(staged.path)) == ["plugin.yaml", "rules/a.md"]
+    assert downloaded < 50_000, downloaded  # commit, trees and two small blobs: not 4 MB of big/
+
+    # The same measurement against a server without filter support sees the whole commit.
+    full = git_server.create_repo(
+        git_owner,
+        "mono-old",
+        {"big/a.bin": os.urandom(2_000_000), "lint/plugin.yaml": "name: lint\n"},
+        allow_filter=False,
+    )
+    before = git_server.bytes_sent
+    staged = await Stager(settings, GitRunner(settings)).stage(src(git_owner, "mono-old/lint#main"), full)
+    assert git_server.bytes_sent - before > 2_000_000
+    assert sorted(_files(staged.path)) == ["plugin.yaml"]
+
+
+async def test_no_object_is_fetched_lazily_behind_the_stagers_back(
+    git_server: GitServer, git_owner: str, settings: Settings
+) -> None:
+    sha = git_server.create_repo(git_owner, "hello", PLUGIN)
+    stager = Stager(settings, GitRunner(settings))
+    before = git_server.requests
+    await stager.stage(src(git_owner, "hello#main"), sha)
+    # Two fetches (commit+trees, then the blobs), each a protocol-v2
+    # ls-refs-less exchange: no third round trip from a lazy fetch.
+    assert stager.git_fetches == 2
+    assert git_server.requests - before <= 4
+
+
+# --- the negative cache and the operator's own disk ------------------------------------------------
+
+
+async def test_upstream_errors_are_remembered_briefly_and_temporary_ones_not_at_all(
+    git_server: GitServer, git_owner: str, tmp_path: Path
+) -> None:
+    settings = git_settings(git_server.base_url, tmp_path)
+    git_server.create_repo(git_owner, "hello", PLUGIN)
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    stager = Stager(settings, GitRunner(settings), upstream_retry=60)
+    for _ in range(3):
+        with pytest.raises(RefNotFound):
+            await stager.stage(src(git_owner, "hello#main"), missing)
+    assert stager.fetches == 1
+    quick = Stager(settings, GitRunner(settings), upstream_retry=0.01)
+    for _ in range(2):
+        with pytest.raises(RefNotFound):
+            await quick.stage(src(git_owner, "hello#main"), missing)
+        await asyncio.sleep(0.02)
+    assert quick.fetches == 2  # expired: asked upstream again
+
+    closed = git_settings("http://127.0.0.1:9", tmp_path / "closed")  # connection refused
+    unreachable = Stager(closed, GitRunner(closed))
+    for _ in range(2):
+        with pytest.raises(SourceUnreachable):
+            await unreachable.stage(src(git_owner, "hello#main"), missing)
+    assert unreachable.fetches == 2  # temporary: never remembered
+
+
+async def test_a_failing_operator_disk_is_a_temporary_staging_failure(
+    git_server: GitServer, git_owner: str, tmp_path: Path
+) -> None:
+    sha = git_server.create_repo(git_owner, "hello", PLUGIN)
+    (tmp_path / "cache").write_text("not a directory")  # every write under the cache fails
+    settings = git_settings(git_server.base_url, tmp_path)
+    stager = Stager(settings, GitRunner(settings))
+    for _ in range(2):
+        with pytest.raises(StagingFailed, match="operator's disk") as info:
+            await stager.stage(src(git_owner, "hello#main"), sha)
+        assert not info.value.permanent
+    (tmp_path / "cache").unlink()
+    staged = await stager.stage(src(git_owner, "hello#main"), sha)  # the disk recovered
+    assert staged.meta.name == "hello"
+
+
+async def test_scalars_are_kept_as_written(git_server: GitServer, git_owner: str, stager: Stager) -> None:
+    sha = git_server.create_repo(git_owner, "hello", {**PLUGIN, "plugin.yaml": "name: hello\nversion: 1.10\n"})
+    staged = await stager.stage(src(git_owner, "hello#main"), sha)
+    assert staged.meta.version == "1.10"

@@ -42,3 +42,32 @@ def test_the_database_password_never_reaches_the_log_line() -> None:
     settings = Settings.from_env({"DATABASE_URL": "postgresql+psycopg://app:s3cret@db:5432/platform"})
     shown = settings.redacted()
     assert "s3cret" not in shown and "db:5432/platform" in shown
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://x:tok3n@github.com", "must not carry credentials"),
+        ("https://tok3n@github.com", "must not carry credentials"),
+        ("https://github.com/?access_token=tok3n", "must not carry a query string"),
+        ("https://github.com/#tok3n", "must not carry a query string"),
+        ("ftp://user:tok3n@host", "must not carry credentials"),
+    ],
+)
+def test_a_base_url_carrying_a_secret_is_refused_without_echoing_it(value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as failure:
+        Settings.from_env({"GITHUB_BASE_URL": value})
+    assert expected in str(failure.value) and "tok3n" not in str(failure.value)
+
+
+def test_no_setting_is_shown_with_its_secret() -> None:
+    settings = Settings.from_env(
+        {"DATABASE_URL": "postgresql://app:s3cret@db/p?sslpassword=s3cretq&application_name=x"}
+    )
+    assert "s3cret" not in settings.redacted()
+    assert "s3cret" not in Settings.from_env({"DATABASE_URL": "host=db password=s3cret"}).redacted()
+
+
+def test_a_duration_is_matched_whole() -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env({"DRIFT_SWEEP_INTERVAL": "5m\n1h"})

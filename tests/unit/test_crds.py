@@ -103,7 +103,7 @@ def test_pluginupdate_printer_columns_follow_the_contract() -> None:
     columns = [
         c["name"].upper() for c in crd["spec"]["versions"][0]["additionalPrinterColumns"] if not c.get("priority")
     ]
-    assert columns == ["WORKSPACE", "PLUGIN", "FROM", "TO", "STATE", "AGE"]
+    assert columns == ["WORKSPACE", "PLUGIN", "FROM", "TO", "STATE", "REWRITE", "AGE"]
 
 
 # -- the CRD and the domain grammar agree (the corpus is the one the
@@ -126,3 +126,34 @@ def test_what_the_crd_refuses_the_domain_refuses(spec: dict[str, Any], field: st
     full = {"source": "local://code-review", **spec}
     with pytest.raises(InvalidSpec):
         parse_track(full.get("track"), parse_source(full["source"], allow_unpinned=True))
+
+
+# -- every string of the PluginInstall spec is checked whole ---------------------------------
+
+
+def _spec_strings() -> Iterator[tuple[str, dict[str, Any]]]:
+    spec = _schema(CRD_DIR / "plugininstalls.yaml")["properties"]["spec"]
+    for field, node in _fields(spec, "spec"):
+        if node.get("type") == "string":
+            yield field, node
+
+
+@pytest.mark.parametrize(("field", "node"), list(_spec_strings()), ids=[f for f, _ in _spec_strings()])
+def test_every_spec_string_is_bounded_and_refuses_a_trailing_newline(field: str, node: dict[str, Any]) -> None:
+    assert node.get("maxLength") or node.get("enum"), f"{field} has no maxLength"
+    if node.get("enum"):
+        assert all("\n" not in value for value in node["enum"])
+        return
+    assert node.get("pattern"), f"{field} has no pattern"
+    # The apiserver anchors `$` at the very end of the value (Go regexp, ECMA-262);
+    # Python's `$` also matches before a final newline, so compare with \Z.
+    whole = re.compile(node["pattern"].replace("$", r"\Z"))
+    for value in ("web\n", "web\r", "web\n\n", "\nweb", "w\x00b"):
+        assert not whole.search(value), f"{field} accepts {value!r}"
+
+
+def test_matchlabels_keys_are_checked_by_a_cel_rule() -> None:
+    spec = _schema(CRD_DIR / "plugininstalls.yaml")["properties"]["spec"]
+    labels = spec["properties"]["podSelector"]["properties"]["matchLabels"]
+    (rule,) = labels["x-kubernetes-validations"]
+    assert "self.all(k" in rule["rule"] and "label key" in rule["message"]

@@ -83,7 +83,7 @@ unknown: ignored
         (b"- a list\n", "must be a mapping"),
         (b"name: lint\nskills: ['../../etc']\n", "skill name"),
         (b"name: lint\nskills: [a, a]\n", "unique"),
-        (b"name: lint\ntags: [1, 2]\n", "tags"),
+        (b"name: lint\ntags: [[1], {a: 2}]\n", "tags"),
         (b"name: lint\ndescription: [x]\n", "description must be a string"),
         (b"name: [unclosed\n", "not valid YAML"),
         (b"name: !!python/object:os.system x\n", "not valid YAML"),

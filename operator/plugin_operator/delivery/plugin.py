@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from plugin_operator.delivery.exec import PodExecutor, PodTarget, new_token
 from plugin_operator.domain.errors import InvalidPlugin
 from plugin_operator.domain.marker import MARKER_FILE, Marker, parse_marker
@@ -27,5 +30,35 @@ async def install(executor: PodExecutor, target: PodTarget, name: str, payload: 
     await executor.checked(target, "install", name, new_token(), str(files), stdin=payload)
 
 
-async def remove(executor: PodExecutor, target: PodTarget, name: str, skills: list[str]) -> None:
-    await executor.checked(target, "remove", name, new_token(), *skills)
+@dataclass(frozen=True)
+class RemoveReport:
+    """What the pod script said about the workspace's CLAUDE.md on removal."""
+
+    removed_blocks: int = 0
+    left_alone: str | None = None  # why CLAUDE.md was left untouched, if it was
+
+
+_MAX_REPORT = 4096
+_MAX_REASON = 300
+_NOTE = re.compile(r"claude-md: (removed (\d{1,6})|(ambiguous|left-alone): (.+))")
+
+
+def parse_remove_report(stdout: bytes) -> RemoveReport:
+    """The `claude-md: ...` line of the pod script's output. The output is
+    untrusted: bounded, decoded leniently, the reason reduced to printable
+    characters and cut short; anything unexpected is ignored."""
+    text = stdout[:_MAX_REPORT].decode("utf-8", "replace")
+    for line in text.splitlines():
+        match = _NOTE.fullmatch(line.strip())
+        if match is None:
+            continue
+        if match.group(2) is not None:
+            return RemoveReport(removed_blocks=int(match.group(2)))
+        reason = "".join(c if c.isprintable() else "?" for c in match.group(4).strip())[:_MAX_REASON]
+        kind = "ambiguous content" if match.group(3) == "ambiguous" else "left alone"
+        return RemoveReport(left_alone=f"{kind}: {reason}")
+    return RemoveReport()
+
+
+async def remove(executor: PodExecutor, target: PodTarget, name: str, skills: list[str]) -> RemoveReport:
+    return parse_remove_report(await executor.checked(target, "remove", name, new_token(), *skills))

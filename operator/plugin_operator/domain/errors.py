@@ -47,6 +47,13 @@ class SourceUnreachable(PluginError):
     permanent = False
 
 
+class RedirectRefused(PluginError):
+    """The git host answered with a redirect; redirects are never followed
+    (the configured base URL is the only host the operator talks to)."""
+
+    reason = "RedirectRefused"
+
+
 class UnsafeTree(PluginError):
     """Symlinks, hardlinks, special files or escaping paths."""
 
@@ -55,6 +62,19 @@ class UnsafeTree(PluginError):
 
 class TreeTooLarge(PluginError):
     reason = "TreeTooLarge"
+
+
+class TreeLimitExceeded(TreeTooLarge):
+    """Too many files, nesting too deep, a name or path too long (design §4)."""
+
+    reason = "TreeLimitExceeded"
+
+
+class StagingFailed(PluginError):
+    """The operator's own disk failed while staging (ENOSPC, EIO …): retried."""
+
+    reason = "StagingFailed"
+    permanent = False
 
 
 class IntegrityMismatch(PluginError):

@@ -40,8 +40,8 @@ def parse_marker(raw: bytes) -> Marker | None:
     source, sha, digest = body.get("source"), body.get("sha"), body.get("digest")
     if not isinstance(source, str) or len(source) > 1024:
         return None
-    if sha is not None and (not isinstance(sha, str) or not _SHA.match(sha)):
+    if sha is not None and (not isinstance(sha, str) or not _SHA.fullmatch(sha)):
         return None
-    if not isinstance(digest, str) or not _DIGEST.match(digest):
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
         return None
     return Marker(source=source, sha=sha, digest=digest)

@@ -33,6 +33,8 @@ QUEUE_STATUS: Mapping[str, str] = {
     "Applied": APPLIED,
     "Dismissed": DISMISSED,
     "Superseded": DISMISSED,
+    # Not (or no longer) a proposal of this operator: nothing will be installed.
+    "Rejected": DISMISSED,
 }
 
 

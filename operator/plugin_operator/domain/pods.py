@@ -75,7 +75,7 @@ def plan_pod(pod: Mapping[str, Any], wanted_container: str | None) -> PodPlan:
     if container is None:
         return PodPlan(name, None, DEFAULT_CONFIGS_DIR, running, external, f"no container named {chosen!r}")
     directory = configs_dir(container, _get(pod, "metadata") or {})
-    if not _SAFE_DIR.match(directory) or "/../" in f"{directory}/":
+    if not _SAFE_DIR.fullmatch(directory) or "/../" in f"{directory}/":
         return PodPlan(name, container.get("name"), directory, running, external, "CONFIGS_DIR is not a clean path")
     statuses = _get(pod, "status", "containerStatuses") or []
     started = any(s.get("name") == container.get("name") and s.get("ready") for s in statuses) or not statuses

@@ -134,6 +134,53 @@ def select(track: Track | str, table: RefTable) -> Resolved:
     raise InvalidTrack("track 'none' is never resolved upstream; resolve the source's own ref instead")
 
 
+def select_followed(track: Track, table: RefTable, installed_ref: str | None) -> Resolved:
+    """What the sweep compares the install against: the tracked ref, read as
+    the same kind of ref the install resolved (`installed_ref`, the install's
+    status.resolvedRef) when that names the tracked ref.
+
+    A `ref:<name>` installed from the tag `<name>` keeps following the tag
+    (a branch of the same name created later does not shadow it), and one
+    installed from the branch keeps following the branch. The followed ref
+    gone upstream is an error (said in status), never a silent switch to
+    the other kind."""
+    if track.kind == "ref" and installed_ref in (_HEADS + track.value, _TAGS + track.value):
+        assert installed_ref is not None
+        kind = "branch" if installed_ref.startswith(_HEADS) else "tag"
+        sha = (table.heads if kind == "branch" else table.tags).get(track.value)
+        if sha is None:
+            raise RefNotFound(
+                f"the {kind} {track.value!r} the install follows ({installed_ref}) no longer exists in "
+                f"{table.label} ({table.describe()})"
+            )
+        return Resolved(sha, installed_ref)
+    return select(track, table)
+
+
+def resolve_install_ref(source: Source, track: Track, table: RefTable) -> Resolved:
+    """The commit an install of `source` starts from, read the way `track`
+    follows it, so that the install and the sweep agree on the ref:
+
+    - no fragment: what the track points at (a drifting track), else HEAD;
+    - `#<name>` with `tag:<name>`: the tag `<name>` (even when a branch of
+      that name exists);
+    - `#<name>` with `tag:latest` / `semver:<range>`: the tag `<name>` when it
+      exists (those tracks follow tags only);
+    - otherwise (`ref:`, none, a different name): the branch, else the tag,
+      as for `ref:<name>` (design §3 Resolution)."""
+    if source.kind != "github":
+        raise ValueError("local sources have no upstream ref")
+    name = source.ref
+    if name is None:
+        return select(track, table) if track.drifts else resolve_source_ref(source, table)
+    if track.kind == "tag" and track.value == name:
+        return select(track, table)
+    if track.kind in ("latest", "semver") and name in table.tags:
+        note = f"both a branch and a tag are named {name!r}; using the tag (track {track.normalized} follows tags)"
+        return Resolved(table.tags[name], _TAGS + name, note if name in table.heads else None)
+    return _by_name(name, table)
+
+
 def resolve_source_ref(source: Source, table: RefTable) -> Resolved:
     """The commit a source points at: its `#ref` fragment, else the remote's HEAD."""
     if source.kind != "github":

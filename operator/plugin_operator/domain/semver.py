@@ -14,10 +14,16 @@ from functools import total_ordering
 
 from plugin_operator.domain.errors import InvalidTrack
 
+# Numeric components longer than this are not versions (and Python's int()
+# refuses more than 4300 digits): a hostile tag `v<5000 digits>.0.0` is simply
+# not semver, and a range naming such a number is refused.
+MAX_NUMBER_DIGITS = 64
+
 _SEMVER = re.compile(
-    r"^v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)(?:\.(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*))*))?"
-    r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
+    r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?",
+    re.ASCII,  # `\d` is 0-9 only, never other scripts' digits
 )
 
 
@@ -32,10 +38,13 @@ class Version:
     @classmethod
     def parse(cls, text: str) -> Version | None:
         """A semver 2.0 version with an optional leading `v`; None if it is not one."""
-        match = _SEMVER.match(text)
+        match = _SEMVER.fullmatch(text)
         if not match:
             return None
         pre = tuple(match.group(4).split(".")) if match.group(4) else ()
+        numbers = [match.group(1), match.group(2), match.group(3), *(p for p in pre if p.isdigit())]
+        if any(len(n) > MAX_NUMBER_DIGITS for n in numbers):
+            return None
         return cls(int(match.group(1)), int(match.group(2)), int(match.group(3)), pre)
 
     @property
@@ -62,16 +71,25 @@ def _floor(major: int, minor: int = 0, patch: int = 0) -> Version:
 
 
 _PARTIAL = re.compile(
-    r"^v?(?P<major>\d+|[xX*])(?:\.(?P<minor>\d+|[xX*]))?(?:\.(?P<patch>\d+|[xX*]))?"
-    r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z.-]+)?$"
+    r"v?(?P<major>\d+|[xX*])(?:\.(?P<minor>\d+|[xX*]))?(?:\.(?P<patch>\d+|[xX*]))?"
+    r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z.-]+)?",
+    re.ASCII,
 )
-_COMPARATOR = re.compile(r"^(\^|~|>=|<=|>|<|=)?(.+)$")
+_COMPARATOR = re.compile(r"(\^|~|>=|<=|>|<|=)?(.+)", re.DOTALL)
 
 
 def _partial(text: str, whole: str) -> tuple[int | None, int | None, int | None, tuple[str, ...]]:
-    match = _PARTIAL.match(text)
+    match = _PARTIAL.fullmatch(text)
     if not match:
-        raise InvalidTrack(f"semver range {whole!r}: {text!r} is not a version such as 1, 1.2, 1.2.3 or 1.x")
+        raise InvalidTrack(
+            f"semver range {whole[:200]!r}: {text[:200]!r} is not a version such as 1, 1.2, 1.2.3 or 1.x"
+        )
+    pre = tuple(match.group("pre").split(".")) if match.group("pre") else ()
+    for number in (*(match.group(k) or "" for k in ("major", "minor", "patch")), *(p for p in pre if p.isdigit())):
+        if len(number) > MAX_NUMBER_DIGITS:
+            raise InvalidTrack(
+                f"semver range {whole[:200]!r}: a version number is longer than {MAX_NUMBER_DIGITS} digits"
+            )
     parts: list[int | None] = []
     for key in ("major", "minor", "patch"):
         value = match.group(key)
@@ -80,7 +98,6 @@ def _partial(text: str, whole: str) -> tuple[int | None, int | None, int | None,
     for i in range(1, 3):
         if parts[i - 1] is None:
             parts[i] = None
-    pre = tuple(match.group("pre").split(".")) if match.group("pre") else ()
     if pre and parts[2] is None:
         raise InvalidTrack(f"semver range {whole!r}: a pre-release needs a full version, got {text!r}")
     return parts[0], parts[1], parts[2], pre
@@ -90,7 +107,7 @@ Bound = tuple[str, Version]  # ('>=' | '>' | '<' | '<=', version)
 
 
 def _comparator_bounds(token: str, whole: str) -> list[Bound]:
-    match = _COMPARATOR.match(token)
+    match = _COMPARATOR.fullmatch(token)
     assert match is not None  # `.+` after an optional operator always matches
     op, text = match.group(1) or "=", match.group(2)
     major, minor, patch, pre = _partial(text, whole)

@@ -17,6 +17,8 @@ from typing import Literal
 
 from plugin_operator.domain.errors import InvalidSource
 
+# Every pattern is applied with fullmatch: `$` alone would accept a trailing newline
+# (the anchors stay for readers that use .match, and for the messages).
 PLUGIN_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 # GitHub's own owner/repo alphabet; `_` and `.` are fine inside, never `..`.
 _OWNER_OR_REPO = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
@@ -25,6 +27,8 @@ _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_@+][A-Za-z0-9._@+-]{0,127}$")
 # `git check-ref-format` characters minus the ones it forbids, ASCII only.
 _REF_CHARS = re.compile(r"^[A-Za-z0-9._/@+=,%!$&'()\-]+$")
 _SHA = re.compile(r"^[0-9a-f]{40}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_SOURCE_LENGTH = 512
 
 SourceKind = Literal["local", "github"]
 
@@ -49,15 +53,15 @@ class Source:
     @property
     def pinned_sha(self) -> str | None:
         """The fragment when it is a full commit SHA (`#<40 hex>`)."""
-        return self.ref if self.ref is not None and _SHA.match(self.ref) else None
+        return self.ref if self.ref is not None and _SHA.fullmatch(self.ref) else None
 
 
 def is_sha(value: str) -> bool:
-    return bool(_SHA.match(value))
+    return bool(_SHA.fullmatch(value))
 
 
 def check_plugin_name(name: str, what: str = "plugin name") -> str:
-    if name in (".", "..") or not PLUGIN_NAME.match(name):
+    if name in (".", "..") or not PLUGIN_NAME.fullmatch(name):
         raise InvalidSource(
             f"{what} {name!r} is invalid: expected lowercase letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, at most 128 characters"
@@ -80,7 +84,7 @@ def _ref_problem(ref: str) -> str | None:
         return "it is empty"
     if len(ref) > 255:
         return "longer than 255 characters"
-    if not _REF_CHARS.match(ref):
+    if not _REF_CHARS.fullmatch(ref):
         return (
             "only ASCII letters, digits and . _ / @ + = , % ! $ & ' ( ) - are allowed "
             "(no whitespace, control characters, ~ ^ : ? * [ \\ or #)"
@@ -104,7 +108,7 @@ def _ref_problem(ref: str) -> str | None:
 
 
 def _check_segment(value: str, pattern: re.Pattern[str], what: str, expected: str) -> str:
-    if value in (".", "..") or not pattern.match(value):
+    if value in (".", "..") or not pattern.fullmatch(value):
         raise InvalidSource(f"{what} {value!r} is invalid: expected {expected}")
     return value
 
@@ -114,7 +118,14 @@ def parse_source(raw: str, *, allow_unpinned: bool) -> Source:
     which part is wrong and what was expected."""
     if not isinstance(raw, str):
         raise InvalidSource(f"source must be a string, got {type(raw).__name__}")
-    text = raw.strip()
+    if _CONTROL.search(raw):
+        raise InvalidSource(
+            f"source {raw!r} is invalid: it contains a control character (a newline, CR, tab ...); "
+            "no whitespace is allowed"
+        )
+    if len(raw) > MAX_SOURCE_LENGTH:
+        raise InvalidSource(f"source is longer than {MAX_SOURCE_LENGTH} characters")
+    text = raw.strip(" ")
     if not text:
         raise InvalidSource("source is empty: expected local://<name> or github://<owner>/<repo>[#<ref>]")
     scheme, sep, rest = text.partition("://")

@@ -6,6 +6,11 @@ tag:<tag>           drift only when that tag is re-pointed (UpstreamRewritten)
 tag:latest          the highest semantic-version tag
 semver:<range>      the highest tag within the range
 sha:<40 hex>        pinned; never drifts
+
+What counts as an upstream rewrite for each kind (never approved by
+`updatePolicy: Automatic`) is decided in domain.drift.classify_rewrite; how
+the install and the sweep read the same ref, in domain.refs
+(resolve_install_ref, select_followed).
 """
 
 from __future__ import annotations

@@ -22,9 +22,10 @@ from urllib.parse import urlsplit
 from plugin_operator.concurrency import SingleFlight
 from plugin_operator.config import Settings
 from plugin_operator.domain.errors import PluginError, RepositoryNotFound, SourceUnreachable
-from plugin_operator.domain.refs import RefTable, Resolved, resolve_source_ref, select
+from plugin_operator.domain.refs import RefTable, Resolved, resolve_install_ref, resolve_source_ref, select
 from plugin_operator.domain.source import Source
 from plugin_operator.domain.track import Track
+from plugin_operator.git.ancestry import Ancestry
 from plugin_operator.git.runner import GitError, GitRunner, GitTimeout, map_git_error, scrub
 
 
@@ -58,6 +59,8 @@ class Resolver:
         self._hosts: dict[str, asyncio.Semaphore] = {}
         self._host_failures: dict[str, _Failure] = {}
         self.git_calls = 0  # `git ls-remote` commands started
+        # Fast-forward or force-push? (the drift sweep's ancestry checks)
+        self.ancestry = Ancestry(self.runner, workdir=settings.cache_dir / "ancestry", timeout=settings.fetch_timeout)
 
     async def ref_table(self, source: Source) -> RefTable:
         """Every branch and tag of the source's repository."""
@@ -77,6 +80,17 @@ class Resolver:
         if isinstance(track, Track) and track.kind == "sha":
             return select(track, RefTable(label=source.repo_key or source.name))
         return select(track, await self.ref_table(source))
+
+    async def resolve_install(self, source: Source, track: Track) -> Resolved:
+        """The commit an install starts from: the source's fragment read the
+        way the track follows it (domain.refs.resolve_install_ref), so the
+        install and the sweep agree on the ref. A pinned commit asks nothing
+        upstream."""
+        if source.kind != "github":
+            raise ValueError(f"{source.normalized} has no upstream repository")
+        if source.pinned_sha is not None:
+            return Resolved(source.pinned_sha, None)
+        return resolve_install_ref(source, track, await self.ref_table(source))
 
     async def ls_remote(self, url: str, *, label: str | None = None) -> RefTable:
         """The ref table at `url`, shared by concurrent callers and cached."""

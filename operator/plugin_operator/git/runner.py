@@ -7,6 +7,9 @@
   configured base URL, hooks and fsmonitor disabled;
 - each command runs in its own process group; on timeout or cancellation the
   whole group is killed, so no `git-remote-https` helper is left behind;
+- a partial clone never fetches missing objects behind the caller's back
+  (`GIT_NO_LAZY_FETCH=1`, honoured by git >= 2.39.4); a call may bound the
+  size of every file git writes (`RLIMIT_FSIZE`) and the output it returns;
 - anything that reaches an error message has credentials scrubbed.
 """
 
@@ -17,6 +20,7 @@ import contextlib
 import functools
 import os
 import re
+import resource
 import signal
 import tempfile
 from collections.abc import Sequence
@@ -25,7 +29,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from plugin_operator.config import Settings
-from plugin_operator.domain.errors import RefNotFound, RepositoryNotFound, SourceUnreachable
+from plugin_operator.domain.errors import RedirectRefused, RefNotFound, RepositoryNotFound, SourceUnreachable
+from plugin_operator.domain.redact import redact
 
 # Passed through from the operator's environment: proxies and CA bundles.
 _PASSTHROUGH = (
@@ -43,14 +48,12 @@ _PASSTHROUGH = (
     "GIT_SSL_CAINFO",
 )
 _MAX_MESSAGE = 2000
-_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
-_HEADER_SECRETS = re.compile(r"(?i)(authorization:\s*\S+\s+)\S+")
 
 
 def scrub(text: str) -> str:
-    """Remove credentials from URLs and auth headers, and bound the length."""
-    text = _CREDENTIALS.sub(r"\1***@", text)
-    text = _HEADER_SECRETS.sub(r"\1***", text)
+    """Remove credentials (domain.redact: URL userinfo, query values, auth
+    headers, password=...), and bound the length."""
+    text = redact(text)
     return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + " …"
 
 
@@ -67,6 +70,18 @@ class GitTimeout(Exception):
     def __init__(self, args: Sequence[str], timeout: float) -> None:
         self.timeout = timeout
         super().__init__(f"git {args[0] if args else ''} timed out after {timeout:g}s")
+
+
+class GitOutputTooLarge(Exception):
+    """git wrote more than the caller's `stdout_limit`; it was killed."""
+
+    def __init__(self, args: Sequence[str], limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"git {args[0] if args else ''} wrote more than {limit} bytes of output")
+
+
+_MAX_STDERR = 64 * 1024
+_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,7 @@ class GitRunner:
             GIT_TERMINAL_PROMPT="0",
             GIT_ALLOW_PROTOCOL=self.scheme,
             GIT_PROTOCOL_FROM_USER="0",
+            GIT_NO_LAZY_FETCH="1",  # a missing object is an error, never a network fetch
             LC_ALL="C",
         )
         return env
@@ -111,6 +127,9 @@ class GitRunner:
             "credential.interactive=false",
             "-c",
             "protocol.version=2",
+            # A redirect from the git host is refused, never followed (design §8).
+            "-c",
+            "http.followRedirects=false",
         ]
         if self.scheme != "file":
             args += ["-c", "protocol.file.allow=never"]
@@ -127,9 +146,17 @@ class GitRunner:
         timeout: float,  # noqa: ASYNC109 -- on expiry the process group is killed, not just awaited
         cwd: Path | None = None,
         stdin: bytes | None = None,
+        file_size_limit: int | None = None,
+        stdout_limit: int | None = None,
     ) -> GitResult:
         """Run `git <args>`; raise GitError on a non-zero exit, GitTimeout
-        after `timeout` seconds (the process group is killed first)."""
+        after `timeout` seconds (the process group is killed first).
+
+        `file_size_limit`: RLIMIT_FSIZE of git and its children (bytes); a
+        write beyond it fails with EFBIG ("File too large"; SIGXFSZ is
+        ignored), so no single file git writes can exceed it.
+        `stdout_limit`: kill git and raise GitOutputTooLarge once it has
+        written more than this many bytes to stdout."""
         argv = ["git", *self._config_args(), *args]
         self.calls += 1
         proc = await asyncio.create_subprocess_exec(
@@ -140,12 +167,16 @@ class GitRunner:
             cwd=cwd,
             env=self._env,
             start_new_session=True,
+            preexec_fn=None if file_size_limit is None else functools.partial(_limit_file_size, file_size_limit),
         )
         try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(stdin), timeout)
+            stdout, stderr = await asyncio.wait_for(_communicate(proc, stdin, stdout_limit), timeout)
         except TimeoutError:
             await _kill_group(proc)
             raise GitTimeout(args, timeout) from None
+        except _OutputLimit:
+            await _kill_group(proc)
+            raise GitOutputTooLarge(args, stdout_limit or 0) from None
         except BaseException:  # cancelled: never leave git running
             await _kill_group(proc)
             raise
@@ -153,6 +184,61 @@ class GitRunner:
         if proc.returncode != 0:
             raise GitError(args, proc.returncode or -1, text)
         return GitResult(stdout, text)
+
+
+class _OutputLimit(Exception):
+    pass
+
+
+async def _communicate(
+    proc: asyncio.subprocess.Process, stdin: bytes | None, stdout_limit: int | None
+) -> tuple[bytes, bytes]:
+    """proc.communicate(), but stdout is bounded by `stdout_limit` and
+    stderr keeps only its first _MAX_STDERR bytes (the rest is drained)."""
+
+    async def feed() -> None:
+        if proc.stdin is None:
+            return
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            if stdin:
+                proc.stdin.write(stdin)
+                await proc.stdin.drain()
+            proc.stdin.close()
+
+    async def read(stream: asyncio.StreamReader | None, limit: int | None, keep: int | None) -> bytes:
+        if stream is None:
+            return b""
+        chunks: list[bytes] = []
+        total = kept = 0
+        while chunk := await stream.read(_CHUNK):
+            total += len(chunk)
+            if limit is not None and total > limit:
+                raise _OutputLimit
+            if keep is None or kept < keep:
+                chunks.append(chunk)
+                kept += len(chunk)
+        return b"".join(chunks)
+
+    tasks = [
+        asyncio.ensure_future(feed()),
+        asyncio.ensure_future(read(proc.stdout, stdout_limit, None)),
+        asyncio.ensure_future(read(proc.stderr, None, _MAX_STDERR)),
+    ]
+    try:
+        _, out, err = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    await proc.wait()
+    return out, err  # type: ignore[return-value]
+
+
+def _limit_file_size(limit: int) -> None:
+    """In the child, before exec: bound every file it (and its children) writes."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a silent kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
 @functools.cache
@@ -181,6 +267,7 @@ _NO_COMMIT = re.compile(
     r"remote error: .*(?:want|object)|invalid object|bad object",
     re.IGNORECASE,
 )
+_REDIRECT = re.compile(r"returned error: 30[0-8]\b|HTTP 30[0-8]\b", re.IGNORECASE)
 _NETWORK = re.compile(
     r"could not resolve host|connection refused|connection timed out|timed out|"
     r"failed to connect|operation too slow|empty reply|gnutls|\bssl\b|\btls\b|"
@@ -194,6 +281,11 @@ def map_git_error(exc: GitError | GitTimeout, what: str) -> Exception:
     if isinstance(exc, GitTimeout):
         return SourceUnreachable(f"{what}: {exc}")
     message = exc.stderr or f"exit status {exc.returncode}"
+    if _REDIRECT.search(message):
+        return RedirectRefused(
+            f"{what}: the git host answered with a redirect, which is never followed; "
+            f"point GITHUB_BASE_URL (or the source) at the final location: {message}"
+        )
     if _NETWORK.search(message):
         return SourceUnreachable(f"{what} is unreachable: {message}")
     if _NO_COMMIT.search(message):

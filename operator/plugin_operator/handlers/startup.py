@@ -11,6 +11,7 @@ import kopf
 
 from plugin_operator import GROUP, metrics
 from plugin_operator.delivery.exec import PodExecutor
+from plugin_operator.domain.redact import install_log_redaction
 from plugin_operator.git.resolver import Resolver
 from plugin_operator.handlers.settings import SETTINGS
 from plugin_operator.kube.api import INSTALLS, UPDATES, Kube, load_config
@@ -50,6 +51,7 @@ def _emitter_for(kube: Kube) -> Callable[[Mapping[str, Any]], Emit]:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = SETTINGS
+    install_log_redaction()  # also when kopf is started some other way than main.run (idempotent)
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy.engine import URL, make_url
 
+from plugin_operator.domain.redact import redact
+
 
 def normalize_url(url: str | URL) -> URL:
     """`postgres://` and `postgresql://` use psycopg 3; explicit drivers stay."""
@@ -14,5 +16,10 @@ def normalize_url(url: str | URL) -> URL:
 
 
 def safe_url(url: str | URL) -> str:
-    """For logs and messages: never the password."""
-    return make_url(url).render_as_string(hide_password=True)
+    """For logs and messages: never the password (nor a token in the query
+    string, nor a libpq `password=`), also for a string that is not a URL."""
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not parseable: its error message would hold the password
+        shown = url.render_as_string(hide_password=True) if isinstance(url, URL) else str(url)
+    return redact(shown)

@@ -86,6 +86,8 @@ _STATUS_KEYS = (
     "upstreamSHA",
     "lastResolvedAt",
     "pendingUpdate",
+    "pendingUpdateSHA",
+    "pendingUpdateRef",
     "observedResolve",
     "pods",
 )
@@ -146,13 +148,15 @@ async def write_status(deps: Deps, obj: Mapping[str, Any], status: dict[str, Any
 
 async def resolve_install_target(deps: Deps, spec: InstallSpec, emit: Emit) -> tuple[str | None, str | None]:
     """(sha, resolved ref) for a spec whose source changed: the source's own
-    fragment; unpinned (when allowed): what the track points at, else HEAD.
-    A choice worth knowing (a name that is both a branch and a tag, a
-    pre-release picked) is said in an Event."""
+    fragment, read the way the track follows it (`#stable` with
+    `tag:stable` is the tag even when a branch `stable` exists), so the
+    install and the drift sweep agree on the ref; unpinned (when allowed):
+    what the track points at, else HEAD. A choice worth knowing (a name that
+    is both a branch and a tag, a pre-release picked) is said in an Event."""
     source = spec.source
     if source.kind == "local":
         return None, None
-    resolved = await deps.resolver.resolve(source, spec.track if source.ref is None and spec.track.drifts else None)
+    resolved = await deps.resolver.resolve_install(source, spec.track)
     if resolved.note:
         emit("Normal", "Resolved", f"{resolved.ref_name} -> {resolved.sha[:12]}: {resolved.note}")
     return resolved.sha, resolved.ref_name
@@ -448,6 +452,47 @@ async def _stalled(
 # -- uninstall ---------------------------------------------------------------------
 
 
+async def _report_claude_md(
+    deps: Deps, obj: Mapping[str, Any], plugin: str, reports: list[tuple[str, delivery.RemoveReport | None]]
+) -> None:
+    """A pod whose CLAUDE.md was left untouched (ambiguous blocks, a symlink,
+    binary content ...) says so in its status entry and in a Warning Event;
+    the uninstall itself goes on (nothing is lost: the user's file stays as
+    it was)."""
+    left = [(pod, r.left_alone) for pod, r in reports if r is not None and r.left_alone]
+    if not left:
+        return
+    meta = obj["metadata"]
+    at = now_text()
+    notes = dict(left)
+    entries = [
+        {
+            "name": pod,
+            "sha": None,
+            "digest": None,
+            "time": at,
+            "message": (
+                f"{plugin} removed; CLAUDE.md left untouched ({notes[pod]}): remove its block by hand"
+                if pod in notes
+                else f"{plugin} removed"
+            ),
+        }
+        for pod in sorted(name for name, _ in reports)
+    ]
+    said = "; ".join(f"pod {pod}: {note}" for pod, note in left[:5])
+    more = f" (and {len(left) - 5} more pod(s))" if len(left) > 5 else ""
+    deps.emitter(obj)(
+        "Warning",
+        "ClaudeMdLeftAlone",
+        f"{plugin} removed, but CLAUDE.md was left untouched in {len(left)} pod(s), its block must be removed "
+        f"by hand: {said}{more}",
+    )
+    try:
+        await deps.kube.patch_status(INSTALLS, meta["namespace"], meta["name"], {"pods": entries})
+    except Exception as exc:  # the object may be going away; the Event says it too
+        log.warning("could not record the CLAUDE.md note on %s/%s: %s", meta["namespace"], meta["name"], exc)
+
+
 async def uninstall(deps: Deps, obj: Mapping[str, Any]) -> Outcome:
     """Remove what this PluginInstall put into pods. Only an install that
     actually delivered (status.installedDigest) removes anything, so the loser
@@ -475,20 +520,21 @@ async def uninstall(deps: Deps, obj: Mapping[str, Any]) -> Outcome:
             targets = [p for p in plans if not p.external and p.ready and not p.problem and p.container]
             skills = [s for s in prev.get("installedSkills") or [] if isinstance(s, str)]
 
-            async def remove(plan: PodPlan) -> str | None:
+            async def remove(plan: PodPlan) -> tuple[str | None, delivery.RemoveReport | None]:
                 assert plan.container is not None
                 try:
                     target = PodTarget(namespace, plan.name, plan.container, plan.configs_dir)
-                    await delivery.remove(deps.executor, target, plugin, skills)
+                    return None, await delivery.remove(deps.executor, target, plugin, skills)
                 except DeliveryFailed as exc:
-                    return exc.message
-                return None
+                    return exc.message, None
 
-            errors = [e for e in await asyncio.gather(*(remove(p) for p in targets)) if e]
+            done = await asyncio.gather(*(remove(p) for p in targets))
+            errors = [e for e, _ in done if e]
             if errors:
                 message = f"uninstall of {plugin} failed in {len(errors)} pod(s): {'; '.join(errors[:3])}"
                 emit("Warning", "UninstallFailed", message)
                 return Outcome(retry_after=15, message=message, kind="failed")
+            await _report_claude_md(deps, obj, plugin, [(p.name, r) for p, (_, r) in zip(targets, done, strict=True)])
             note = ""
             if restart == "Rollout" and targets:
                 note = await _restart(deps, job, namespace, pods, [p.name for p in targets])

@@ -6,7 +6,12 @@ installs), then for each install decides (domain.drift) and keeps the
 PluginUpdates straight: at most one Pending, the rest Superseded.
 
 Approval (`spec.approved: true`, or `updatePolicy: Automatic`) installs
-exactly `toSHA` through the install reconcile.
+exactly `toSHA` through the install reconcile, and only for an update this
+operator proposed for that install (domain.drift.verify_proposed): anything
+else (a hand-written object, one squatting on a proposal's name) ends
+`Rejected` before anything is fetched. `Automatic` never approves an
+upstream rewrite (a moved tag, a branch whose new head does not contain the
+installed commit): such an update records `spec.rewrite` and waits.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from plugin_operator.domain import conditions as cond
 from plugin_operator.domain import drift
 from plugin_operator.domain.errors import PluginError
 from plugin_operator.domain.install_spec import InstallSpec, parse_install_spec
-from plugin_operator.domain.refs import RefTable, select
+from plugin_operator.domain.refs import RefTable, Resolved, select_followed
 from plugin_operator.kube.api import INSTALLS, UPDATES
 from plugin_operator.reconcile.install import Deps, Outcome, now_text, reconcile_install, whole_status
 
@@ -166,15 +171,17 @@ async def check_install(deps: Deps, namespace: str, name: str, table: RefTable |
             unknown = cond.Condition("UpToDate", None, table.reason, f"could not resolve upstream: {table.message}")
             await _write(deps, obj, whole_status(prev, generation, [unknown]))
             return
+        installed_sha, installed_ref = prev.get("installedSHA"), prev.get("resolvedRef")
         try:
-            upstream = select(spec.track, table)
+            upstream = select_followed(spec.track, table, installed_ref)
         except PluginError as exc:
             unknown = cond.Condition("UpToDate", None, exc.reason, exc.message)
             await _write(deps, obj, whole_status(prev, generation, [unknown], lastResolvedAt=at))
             return
         updates = await _updates_of(deps, namespace, name)
         dismissed = [u["spec"]["toSHA"] for u in updates if drift.update_state(u) == "Dismissed"]
-        decision = drift.decide(spec.track, prev.get("installedSHA"), upstream, table, dismissed)
+        seen = {"installed_ref": installed_ref, "last_upstream": prev.get("upstreamSHA")}
+        decision = drift.decide(spec.track, installed_sha, upstream, table, dismissed, **seen)
         resolved = {"upstreamSHA": upstream.sha, "lastResolvedAt": at}
 
         if decision.kind == "propose":
@@ -192,8 +199,15 @@ async def check_install(deps: Deps, namespace: str, name: str, table: RefTable |
                     "same-content", "UpToDate", f"{upstream.sha[:12]} leaves the plugin's tree unchanged"
                 )
             else:
-                await _propose(deps, obj, spec, updates, upstream.sha, candidate.digest, decision, emit)
-                return
+                if drift.needs_ancestry(spec.track, installed_sha, upstream):
+                    assert installed_sha is not None
+                    contains = await deps.resolver.ancestry.contains(spec.source, upstream.sha, installed_sha)
+                    decision = drift.decide(
+                        spec.track, installed_sha, upstream, table, dismissed, contains=contains, **seen
+                    )
+                if decision.kind == "propose":
+                    await _propose(deps, obj, spec, updates, upstream, candidate.digest, decision, emit)
+                    return
 
         # Nothing to propose: any open update is moot now.
         for doomed in drift.open_updates_to_supersede(updates, keep=None):
@@ -201,7 +215,10 @@ async def check_install(deps: Deps, namespace: str, name: str, table: RefTable |
         condition = cond.Condition("UpToDate", True, decision.reason, decision.message)
         if decision.kind == "dismissed":
             condition = cond.Condition("UpToDate", False, decision.reason, decision.message)
-        await _write(deps, obj, whole_status(prev, generation, [condition], pendingUpdate=None, **resolved))
+        await _write(deps, obj, whole_status(prev, generation, [condition], **_NO_PENDING, **resolved))
+
+
+_NO_PENDING: dict[str, Any] = {"pendingUpdate": None, "pendingUpdateSHA": None, "pendingUpdateRef": None}
 
 
 async def _propose(
@@ -209,71 +226,119 @@ async def _propose(
     obj: Mapping[str, Any],
     spec: InstallSpec,
     updates: list[dict[str, Any]],
-    to_sha: str,
+    upstream: Resolved,
     to_digest: str,
     decision: drift.Decision,
     emit: Any,
 ) -> None:
+    """Propose `upstream.sha` as the install's one pending update.
+
+    The install's own record comes first (status.pendingUpdate,
+    pendingUpdateSHA, pendingUpdateRef), then the object: an update is only
+    ever applied when that record names it, so a crash in between leaves a
+    record without an object (the next sweep creates it), never an object
+    the operator cannot vouch for. An object already holding the name that
+    the operator did not create is never adopted nor patched: it is marked
+    Rejected and the proposal waits until a person deletes it."""
     meta = obj["metadata"]
     prev: Mapping[str, Any] = obj.get("status") or {}
+    generation = int(meta.get("generation", 0))
     namespace, install = meta["namespace"], meta["name"]
+    to_sha = upstream.sha
     name = drift.update_name(install, to_sha)
-    existing = next((u for u in updates if u["metadata"]["name"] == name), None)
-    # Supersede first, then create: a crash in between leaves none pending
-    # (the next sweep creates it), never two.
+    resolved = {"upstreamSHA": to_sha, "lastResolvedAt": now_text()}
+    identity = {
+        "pluginInstall": install,
+        "workspace": spec.workspace,
+        "plugin": spec.plugin,
+        "trackedRef": spec.track.normalized,
+        "fromSHA": prev.get("installedSHA"),
+        "toSHA": to_sha,
+    }
+    recorded = drift.recorded(obj, name, to_sha)
+    existing = await deps.kube.get(UPDATES, namespace, name)
+    blocked: str | None = None
+    if existing is not None:
+        state = drift.update_state(existing)
+        squatting = drift.not_created_by_operator(existing, obj, GROUP, identity)
+        if squatting is None and not recorded and (state not in drift.TERMINAL or state == "Rejected"):
+            # Open (or already refused) before the operator ever recorded proposing it.
+            squatting = "it existed before the operator proposed that commit"
+        if squatting is not None:
+            if state != "Rejected":
+                await _reject(deps, existing, f"not created by the operator: {squatting}")
+            blocked = (
+                f"PluginUpdate {name} was not created by the operator ({squatting}) and blocks the proposal "
+                f"of {to_sha[:12]}: delete it to unblock"
+            )
+        elif state in drift.TERMINAL and not (
+            state == "Superseded" and not (existing.get("spec") or {}).get("approved")
+        ):
+            blocked = (
+                f"an earlier PluginUpdate {name} to {to_sha[:12]} is {state}; delete it to have the operator "
+                "propose that commit again"
+            )
+    # Supersede first, then record, then create: never two pending.
     for doomed in drift.open_updates_to_supersede(updates, keep=name):
         await _set_update_state(
             deps, doomed, "Superseded", f"upstream moved again to {to_sha[:12]}", superseded_by=name
         )
-    if existing is None:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "PluginUpdate",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {INSTALL_LABEL: install[:63]} if len(install) <= 63 else {},
-                "ownerReferences": [
-                    {
-                        "apiVersion": f"{GROUP}/{VERSION}",
-                        "kind": "PluginInstall",
-                        "name": install,
-                        "uid": meta["uid"],
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ],
-            },
-            "spec": {
-                "pluginInstall": install,
-                "workspace": spec.workspace,
-                "plugin": spec.plugin,
-                "trackedRef": spec.track.normalized,
-                "fromSHA": prev.get("installedSHA"),
-                "toSHA": to_sha,
-                "fromDigest": prev.get("installedDigest"),
-                "toDigest": to_digest,
-                **({"approved": True} if spec.update_policy == "Automatic" else {}),
-            },
-        }
-        created = await deps.kube.create(UPDATES, namespace, body)
-        if created is not None:
-            await _set_update_state(deps, created, "Pending", decision.message)
-            emit(
-                "Warning" if decision.rewritten else "Normal",
-                decision.reason,
-                f"{decision.message}: PluginUpdate {name}",
-            )
+    if blocked is not None:
+        before: Mapping[str, Any] = next((c for c in prev.get("conditions") or [] if c.get("type") == "UpToDate"), {})
+        if before.get("reason") != "ProposalBlocked" or before.get("message") != f"{decision.message}; {blocked}":
+            emit("Warning", "ProposalBlocked", blocked)
+        condition = cond.Condition("UpToDate", False, "ProposalBlocked", f"{decision.message}; {blocked}")
+        await _write(deps, obj, whole_status(prev, generation, [condition], **_NO_PENDING, **resolved))
+        return
+
     condition = cond.Condition("UpToDate", False, decision.reason, f"{decision.message}; pending update {name}")
-    status = whole_status(
-        prev,
-        int(meta.get("generation", 0)),
-        [condition],
-        upstreamSHA=to_sha,
-        lastResolvedAt=now_text(),
-        pendingUpdate=name,
-    )
-    await _write(deps, obj, status)
+    record = {
+        "pendingUpdate": name,
+        "pendingUpdateSHA": to_sha,
+        "pendingUpdateRef": upstream.ref_name,
+        "trackedRef": spec.track.normalized,
+    }
+    await _write(deps, obj, whole_status(prev, generation, [condition], **record, **resolved))
+    automatic = spec.update_policy == "Automatic" and not decision.rewritten
+    if existing is not None:
+        if drift.update_state(existing) == "Superseded":  # proposed again (upstream came back to it)
+            await _set_update_state(deps, existing, "Pending", f"proposed again: {decision.message}")
+        return
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PluginUpdate",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {INSTALL_LABEL: install[:63]} if len(install) <= 63 else {},
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "PluginInstall",
+                    "name": install,
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            **identity,
+            "fromDigest": prev.get("installedDigest"),
+            "toDigest": to_digest,
+            **({"rewrite": decision.rewrite} if decision.rewrite else {}),
+            **({"approved": True} if automatic else {}),
+        },
+    }
+    created = await deps.kube.create(UPDATES, namespace, body)
+    if created is not None:
+        message = decision.message if not automatic else f"{decision.message}; approved automatically"
+        await _set_update_state(deps, created, "Pending", message)
+        emit(
+            "Warning" if decision.rewritten else "Normal",
+            decision.reason,
+            f"{decision.message}: PluginUpdate {name}",
+        )
 
 
 async def _write(deps: Deps, obj: Mapping[str, Any], status: dict[str, Any]) -> None:
@@ -289,20 +354,22 @@ async def _set_update_state(
     *,
     superseded_by: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     meta = update["metadata"]
     prev: Mapping[str, Any] = update.get("status") or {}
     spec = update.get("spec") or {}
     applied = state == "Applied"
-    conditions = cond.merge(
-        prev.get("conditions"),
-        [
-            cond.Condition("Applied", applied, state, message),
-            cond.Condition("Ready", state in ("Applied", "Dismissed", "Superseded"), state, message),
-        ],
-        generation=int(meta.get("generation", 0)),
-        now=now_text(),
-    )
+    why = reason or state
+    wanted = [
+        cond.Condition("Applied", applied, why, message),
+        cond.Condition("Ready", state in ("Applied", "Dismissed", "Superseded"), why, message),
+    ]
+    if spec.get("rewrite"):  # recorded at creation (immutable): said on every write
+        wanted.append(
+            cond.Condition("UpstreamRewritten", True, str(spec["rewrite"]), _REWRITE_SAID.get(spec["rewrite"], ""))
+        )
+    conditions = cond.merge(prev.get("conditions"), wanted, generation=int(meta.get("generation", 0)), now=now_text())
     status = {
         "state": state,
         "message": message,
@@ -319,8 +386,24 @@ async def _set_update_state(
     }
     await deps.kube.patch_status(UPDATES, meta["namespace"], meta["name"], status)
     merged = {**update, "status": status}
-    await deps.mirror.update_changed(merged)
+    await deps.mirror.update_changed(merged)  # Rejected reads "dismissed": nothing will be installed
     return merged
+
+
+_REWRITE_SAID = {
+    drift.TAG_MOVED: "a tag the install follows was re-pointed upstream; never approved automatically",
+    drift.HISTORY_REWRITTEN: (
+        "the branch's new head does not contain the installed commit (history rewritten, e.g. a force-push); "
+        "never approved automatically"
+    ),
+}
+
+
+async def _reject(deps: Deps, update: Mapping[str, Any], message: str) -> None:
+    """Rejected: a terminal state for an update this operator did not propose.
+    Status only (its spec is never touched), an Event, nothing installed."""
+    await _set_update_state(deps, update, "Rejected", message, reason="NotProposed", extra={"rejectedBecause": message})
+    deps.emitter(update)("Warning", "NotProposed", f"rejected, nothing installed: {message}")
 
 
 # -- approve, dismiss, apply ---------------------------------------------------------
@@ -337,17 +420,33 @@ async def reconcile_update(deps: Deps, namespace: str, name: str) -> Outcome:
 
     if state in drift.TERMINAL:
         if (approved or dismissed) and state != "Applied":
+            status = update.get("status") or {}
             said = {
-                "Superseded": f"superseded by {(update.get('status') or {}).get('supersededBy') or 'a newer update'}",
+                "Superseded": f"superseded by {status.get('supersededBy') or 'a newer update'}",
                 "Dismissed": "it was dismissed",
+                "Rejected": "it was rejected",
             }[state]
             message = f"{'approving' if approved else 'dismissing'} changes nothing: {said}"
-            if (update.get("status") or {}).get("message") != message:
-                await _set_update_state(deps, update, state, message)
+            if state == "Rejected":
+                rejected = str(status.get("rejectedBecause") or status.get("message") or "")
+                message = f"{message}: {rejected}" if rejected else message
+            if status.get("message") != message:
+                extra = {"rejectedBecause": status.get("rejectedBecause")} if state == "Rejected" else None
+                reason = "NotProposed" if state == "Rejected" else None
+                await _set_update_state(deps, update, state, message, extra=extra, reason=reason)
                 emit("Normal", "Ignored", message)
         return Outcome(message=state)
 
     install_name = spec.get("pluginInstall", "")
+    # Only what this operator proposed for that install counts (checked
+    # before anything is fetched), read under the install's lock so a
+    # proposal being recorded is seen whole.
+    async with deps.lock(namespace, install_name):
+        install = await deps.kube.get(INSTALLS, namespace, install_name)
+    why = drift.verify_proposed(update, install, GROUP)
+    if why is not None:
+        await _reject(deps, update, f"not proposed by the operator: {why}")
+        return Outcome(message=f"rejected: {why}")
     if dismissed:
         await _set_update_state(
             deps, update, "Dismissed", f"dismissed; {spec.get('toSHA', '')[:12]} is not proposed again"
@@ -405,5 +504,10 @@ async def _clear_pending(deps: Deps, namespace: str, install: str, update: str, 
             return
         up_to_date = reason == "UpToDate"
         condition = cond.Condition("UpToDate", up_to_date, reason, message)
-        status = whole_status(prev, int(obj["metadata"].get("generation", 0)), [condition], pendingUpdate=None)
+        changes: dict[str, Any] = dict(_NO_PENDING)
+        if up_to_date and prev.get("pendingUpdate") == update and prev.get("pendingUpdateRef"):
+            # Applied: the install now follows the ref the update resolved
+            # (e.g. the new highest tag), so the sweep compares like with like.
+            changes["resolvedRef"] = prev.get("pendingUpdateRef")
+        status = whole_status(prev, int(obj["metadata"].get("generation", 0)), [condition], **changes)
         await _write(deps, obj, status)
