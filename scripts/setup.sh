@@ -10,6 +10,8 @@ need_apt=()
 command -v git >/dev/null || need_apt+=(git)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v curl >/dev/null || need_apt+=(curl)
+# Workspace images are often busybox: the pod script is tested under it too.
+command -v busybox >/dev/null || need_apt+=(busybox)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   log "installing system packages: ${need_apt[*]}"

@@ -75,7 +75,7 @@ REFUSED: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("track-semver-huge-number", track("semver:^" + "9" * 80), InvalidTrack, "semver"),
     ("track-unknown-kind", track("ssh:main"), InvalidTrack, "expected none"),
     ("track-on-a-local-source", track("ref:main", "local://review"), InvalidTrack, "local://"),
-    ("track-ref-with-newline-inside", track("ref:ma\nin"), InvalidTrack, "whitespace"),
+    ("track-ref-with-newline-inside", track("ref:ma\nin"), InvalidTrack, "control character"),
     # -- spec
     ("spec-track-trailing-newline", spec(track="main\n"), InvalidSpec, "spec.track"),
     ("spec-workspace-trailing-newline", spec(workspace=WS + "\n"), InvalidSpec, "spec.workspace"),

@@ -83,3 +83,10 @@ def test_parsing_the_normalised_track_is_stable(raw: str) -> None:
         return
     assert parse_track(track.normalized, PINNED) == track
     assert not track.value.startswith("-")
+
+
+@pytest.mark.parametrize("raw", ["main\n", "\nmain", "tag:v1\n", "semver:^1.2\n", "ref:ma\tin", "tag:latest\r"])
+def test_a_control_character_anywhere_in_a_track_is_refused_not_stripped(raw: str) -> None:
+    source = parse_source("github://acme/hello#main", allow_unpinned=False)
+    with pytest.raises(InvalidTrack):
+        parse_track(raw, source)

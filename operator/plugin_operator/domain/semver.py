@@ -153,7 +153,9 @@ class SemverRange:
 
     @classmethod
     def parse(cls, raw: str) -> SemverRange:
-        text = raw.strip()
+        text = raw.strip(" ")
+        if any(ord(c) < 0x20 or c == "\x7f" for c in text):
+            raise InvalidTrack(f"semver range {raw!r} is invalid: it contains a control character")
         if not text:
             raise InvalidTrack("semver range is empty: expected e.g. ^1.2, ~1.2.3, >=1.0 <2 or 1.x")
         if "||" in text:

@@ -57,7 +57,9 @@ def _ref(value: str, what: str) -> str:
 def parse_track(raw: str | None, source: Source) -> Track:
     """Parse and normalise `spec.track`; omitted means "what the source's
     fragment says" (`#v1.2.0` -> `ref:v1.2.0`, `#<sha>` -> `sha:<sha>`)."""
-    text = (raw or "").strip()
+    text = (raw or "").strip(" ")  # spaces only: a newline or other control character is refused below
+    if any(ord(c) < 0x20 or c == "\x7f" for c in text):
+        raise InvalidTrack(f"track {text!r} is invalid: it contains a control character")
     if not text:
         if source.kind != "github" or source.ref is None:
             return NONE
