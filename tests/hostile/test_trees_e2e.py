@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from localdev.cluster import LocalCluster
-from localdev.gitserver import GitServer
-from localdev.operator_process import OperatorProcess
-from tests.fixtures.operator import Env
+from tests.fixtures.cluster import scratch_namespace
+from tests.fixtures.operator import Env, running_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.git]
 
@@ -57,43 +56,13 @@ CASES: dict[str, tuple[dict[str, str | bytes], set[str]]] = {
 
 @pytest.fixture(scope="module")
 def env(kube: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    namespace = f"h-{uuid.uuid4().hex[:10]}"
-    kube.kubectl("create", "namespace", namespace)
     workdir = tmp_path_factory.mktemp("hostile-e2e")
-    registry = workdir / "registry"
-    registry.mkdir()
-    with GitServer() as git:
-        operator = OperatorProcess(
-            kube,
-            workdir,
-            {
-                "GITHUB_BASE_URL": git.base_url,
-                "PLUGIN_REGISTRY_DIR": str(registry),
-                "PLUGIN_RECONCILE_INTERVAL": f"{_RECONCILE}s",
-                "DRIFT_SWEEP_INTERVAL": "1h",
-            },
-            namespaces=[namespace],
-        )
-        operator.start()
-        try:
-            env = Env(kube, namespace, git, registry, workdir / "configs", operator)
-            env.workspace("hostile", replicas=1)
-            yield env
-        finally:
-            operator.stop()
-            for kind in ("pluginupdates.plugins.workspace.dev", "plugininstalls.plugins.workspace.dev"):
-                for obj in kube.kubectl("get", kind, "-n", namespace, "-o", "name", check=False).stdout.split():
-                    kube.kubectl(
-                        "patch",
-                        obj,
-                        "-n",
-                        namespace,
-                        "--type=merge",
-                        "-p",
-                        '{"metadata":{"finalizers":null}}',
-                        check=False,
-                    )
-            kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    with (
+        scratch_namespace(kube, "h") as namespace,
+        running_env(kube, namespace, workdir, PLUGIN_RECONCILE_INTERVAL=f"{_RECONCILE}s") as env,
+    ):
+        env.workspace("hostile", replicas=1)
+        yield env
 
 
 def _fetches(env: Env) -> float:

@@ -25,9 +25,8 @@ from typing import Any
 import pytest
 
 from localdev.cluster import KubectlError, LocalCluster
-from localdev.gitserver import GitServer
-from localdev.operator_process import OperatorProcess
-from tests.fixtures.operator import Env, plugin_files
+from tests.fixtures.cluster import scratch_namespace
+from tests.fixtures.operator import Env, plugin_files, running_env
 from tests.integration.test_update_admission import OPERATOR, USER, Admission, install_policy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.git]
@@ -85,44 +84,14 @@ def _sweep(env: Env, install: str) -> None:
     env.wait_for("the resolve", lambda: env.jsonpath("pli", install, "{.status.lastResolvedAt}") not in ("", before))
 
 
-def _drop_namespace(kube: LocalCluster, name: str) -> None:
-    for kind in ("pluginupdates.plugins.workspace.dev", "plugininstalls.plugins.workspace.dev"):
-        for obj in kube.kubectl("get", kind, "-n", name, "-o", "name", check=False).stdout.split():
-            patch = json.dumps({"metadata": {"finalizers": None}})
-            kube.kubectl("patch", obj, "-n", name, "--type=merge", "-p", patch, check=False)
-    kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
 @pytest.fixture(scope="module")
 def world(kube: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    namespace = f"h-{uuid.uuid4().hex[:10]}"
-    kube.kubectl("create", "namespace", namespace)
-    tmp = tmp_path_factory.mktemp("hostile-updates")
-    registry = tmp / "registry"
-    registry.mkdir()
-    try:
-        with GitServer() as git:
-            operator = OperatorProcess(
-                kube,
-                tmp,
-                {
-                    "GITHUB_BASE_URL": git.base_url,
-                    "PLUGIN_REGISTRY_DIR": str(registry),
-                    "PLUGIN_RECONCILE_INTERVAL": "20s",
-                    "PLUGIN_RESOLVE_CACHE_TTL": "1s",
-                    "DRIFT_SWEEP_INTERVAL": "10h",  # sweeps only on request
-                },
-                namespaces=[namespace],
-            )
-            operator.start()
-            try:
-                env = Env(kube, namespace, git, registry, tmp / "configs", operator)
-                world = _build(env)
-                yield world
-            finally:
-                operator.stop()
-    finally:
-        _drop_namespace(kube, namespace)
+    workdir = tmp_path_factory.mktemp("hostile-updates")
+    with (
+        scratch_namespace(kube, "h") as namespace,
+        running_env(kube, namespace, workdir, DRIFT_SWEEP_INTERVAL="10h") as env,  # sweeps only on request
+    ):
+        yield _build(env)
 
 
 def _build(env: Env) -> World:
@@ -349,9 +318,7 @@ def test_the_crd_refuses_changing_a_proposal(world: World, case: str) -> None:
 
 @pytest.fixture(scope="module")
 def policy(kube: LocalCluster) -> Iterator[Admission]:
-    namespace = f"hv-{uuid.uuid4().hex[:10]}"
-    kube.kubectl("create", "namespace", namespace)
-    try:
+    with scratch_namespace(kube, "hv") as namespace:
         for admission in install_policy(kube, namespace):
             # RBAC lets the impostors write too: only the policy stands in their way.
             binding = {
@@ -369,8 +336,6 @@ def policy(kube: LocalCluster) -> Iterator[Admission]:
             done = admission.create(proposed, OPERATOR)
             assert done.returncode == 0, done.stderr
             yield admission
-    finally:
-        _drop_namespace(kube, namespace)
 
 
 def _create(who: str, obj: dict[str, Any], *groups: str) -> Callable[[Admission], Any]:
