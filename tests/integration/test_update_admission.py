@@ -21,27 +21,14 @@ import pytest
 import yaml
 
 from localdev.cluster import LocalCluster
+from tests.integration.test_smoke import SHA_A, SHA_B, plugin_update
 
 pytestmark = pytest.mark.cluster
 
 POLICY_FILE = Path(__file__).resolve().parents[2] / "deploy" / "base" / "pluginupdate-admission.yaml"
-API_VERSION = "plugins.workspace.dev/v1alpha1"
 OPERATOR = "system:serviceaccount:plugin-operator-system:plugin-operator"
 USER = "alice@example.com"
-SHA_A, SHA_B, SHA_C = "a" * 40, "b" * 40, "c" * 40
-
-
-def plugin_update(name: str, **spec: Any) -> dict[str, Any]:
-    body = {
-        "pluginInstall": "review",
-        "workspace": "ws-1",
-        "plugin": "review",
-        "trackedRef": "ref:main",
-        "fromSHA": SHA_A,
-        "toSHA": SHA_B,
-        **spec,
-    }
-    return {"apiVersion": API_VERSION, "kind": "PluginUpdate", "metadata": {"name": name}, "spec": body}
+SHA_C = "c" * 40
 
 
 @dataclass
