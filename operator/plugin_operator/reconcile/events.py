@@ -38,7 +38,3 @@ class EventPoster:
             await self._post(obj, type_, reason, message)
         except Exception as exc:  # an Event is best effort
             log.warning("could not post event %s on %s: %s", reason, ObjectMeta.parse(obj).name, exc)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._posting)
