@@ -171,8 +171,9 @@ class _Mirror:
 
 
 async def test_uninstall_reports_a_claude_md_left_alone_and_still_completes(tmp_path: Path) -> None:
-    from plugin_operator.reconcile.install import Deps, uninstall
+    from plugin_operator.reconcile.deps import Deps
     from plugin_operator.reconcile.restart import Restarter
+    from plugin_operator.reconcile.uninstall import uninstall
 
     dirs = {"ws-0": tmp_path / "ws-0", "ws-1": tmp_path / "ws-1"}
     for root in dirs.values():

@@ -1,4 +1,4 @@
-"""The sweep and the update reconcile (reconcile.updates) over in-memory
+"""The sweep and the update reconcile (reconcile.sweep, reconcile.update) over in-memory
 fakes of the API, git and staging: the order of writes that makes "only
 what the operator proposed applies" hold, squatters, and Automatic with
 rewrites. The real thing runs in tests/e2e/test_drift.py."""
@@ -17,8 +17,8 @@ import pytest
 from plugin_operator.concurrency import KeyedLock
 from plugin_operator.domain.refs import RefTable
 from plugin_operator.kube.api import INSTALLS, UPDATES
-from plugin_operator.reconcile import updates
-from plugin_operator.reconcile.install import Outcome
+from plugin_operator.reconcile import sweep, update
+from plugin_operator.reconcile.deps import Outcome
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
 DIGEST = {A: "1" * 64, B: "2" * 64, C: "3" * 64}
@@ -89,7 +89,7 @@ class World:
 
     async def sweep(self, heads: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> None:
         table = RefTable(heads=heads or {}, tags=tags or {}, label="acme/tool")
-        await updates.check_install(self.deps, NS, "tool", table)
+        await sweep.check_install(self.deps, NS, "tool", table)
 
 
 def _world(monkeypatch: pytest.MonkeyPatch, *, source: str, track: str | None, policy: str, ref: str) -> World:
@@ -142,13 +142,13 @@ def _world(monkeypatch: pytest.MonkeyPatch, *, source: str, track: str | None, p
         kube.objects[(INSTALLS, name)]["status"]["installedDigest"] = DIGEST[target_sha]
         return Outcome(message="installed", kind="installed")
 
-    monkeypatch.setattr(updates, "reconcile_install", fake_reconcile_install)
+    monkeypatch.setattr(update, "reconcile_install", fake_reconcile_install)
     return World(kube, deps, events, ancestry, fetched, applied)
 
 
 async def _settle(w: World, name: str) -> None:
     """What kopf's create/update handler does for a PluginUpdate."""
-    await updates.reconcile_update(w.deps, NS, name)
+    await update.reconcile_update(w.deps, NS, name)
 
 
 def _hand_written(w: World, name: str, to_sha: str, *, owner: bool = True, **spec: Any) -> None:

@@ -10,11 +10,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from plugin_operator.domain.objects import TERMINAL as TERMINAL  # the states a sweep never reopens
+from plugin_operator.domain.objects import UpdateState, section
 from plugin_operator.domain.refs import RefTable, Resolved
 from plugin_operator.domain.semver import Version
 from plugin_operator.domain.track import Track
-
-TERMINAL = ("Applied", "Dismissed", "Superseded", "Rejected")
 
 # spec.rewrite of a PluginUpdate: why the proposal is an upstream rewrite,
 # which `updatePolicy: Automatic` never approves.
@@ -34,9 +34,9 @@ def update_name(install: str, to_sha: str) -> str:
     return f"{install[:240]}-{to_sha[:12]}"
 
 
-def update_state(update: Mapping[str, Any]) -> str:
+def update_state(update: Mapping[str, Any]) -> UpdateState:
     """A PluginUpdate without status yet (created, not yet reconciled) is Pending."""
-    return str((update.get("status") or {}).get("state") or "Pending")
+    return UpdateState.parse(section(update, "status").get("state"))
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def open_updates_to_supersede(updates: Iterable[Mapping[str, Any]], keep: str | 
     doomed = []
     for update in updates:
         spec = update.get("spec") or {}
-        if update["metadata"]["name"] == keep or update_state(update) not in ("Pending", "Failed"):
+        if update["metadata"]["name"] == keep or update_state(update) not in (UpdateState.Pending, UpdateState.Failed):
             continue
         if spec.get("approved") or spec.get("dismissed"):
             continue  # a person's decision is being carried out; never overridden

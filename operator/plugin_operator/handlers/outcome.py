@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import kopf
 
-from plugin_operator.reconcile.install import Outcome
+from plugin_operator.reconcile.deps import Outcome
 
 
 def raise_for(outcome: Outcome) -> None:

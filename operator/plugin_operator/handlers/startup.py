@@ -1,10 +1,9 @@
-"""Operator settings and the clients every handler shares (through memo)."""
+"""Start-up and clean-up: the settings, and the objects every handler shares
+through memo (deps, the sweeper, pod arrivals)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -16,36 +15,14 @@ from plugin_operator.git.resolver import Resolver
 from plugin_operator.handlers.settings import SETTINGS
 from plugin_operator.kube.api import INSTALLS, UPDATES, Kube, load_config
 from plugin_operator.mirror.service import MirrorService
-from plugin_operator.reconcile.install import Deps, Emit
+from plugin_operator.reconcile.deps import Deps
+from plugin_operator.reconcile.events import EventPoster
+from plugin_operator.reconcile.pod_arrivals import PodArrivals
 from plugin_operator.reconcile.restart import Restarter
-from plugin_operator.reconcile.updates import Sweeper
+from plugin_operator.reconcile.sweep import Sweeper
 from plugin_operator.staging import Stager
 
 log = logging.getLogger(__name__)
-
-
-_posting: set[asyncio.Task[None]] = set()
-
-
-def _emitter_for(kube: Kube) -> Callable[[Mapping[str, Any]], Emit]:
-    """Events are posted in the background (never blocking or failing a
-    reconcile), from any task: handlers, the sweep, pod arrivals."""
-
-    def emitter(obj: Mapping[str, Any]) -> Emit:
-        def emit(type_: str, reason: str, message: str) -> None:
-            async def post() -> None:
-                try:
-                    await kube.post_event(obj, type_, reason, message)
-                except Exception as exc:  # an Event is best effort
-                    log.warning("could not post event %s on %s: %s", reason, obj["metadata"].get("name"), exc)
-
-            task = asyncio.get_running_loop().create_task(post())
-            _posting.add(task)
-            task.add_done_callback(_posting.discard)
-
-        return emit
-
-    return emitter
 
 
 @kopf.on.startup()
@@ -74,7 +51,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         executor=PodExecutor(concurrency=config.pod_concurrency, timeout=config.exec_timeout),
         mirror=MirrorService.from_settings(config),
         restarter=Restarter(kube.rollout_restart),
-        emitter=_emitter_for(kube),
+        emitter=EventPoster(kube.post_event).emitter,
     )
     metrics.serve(config.metrics_port, lambda: resolver.git_calls, lambda: memo.deps.stager.fetches)
 
@@ -83,6 +60,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
     memo.deps.mirror.start(list_objects, full_resync_every=config.reconcile_interval)
     memo.sweeper = Sweeper(memo.deps, memo.namespaces)
+    memo.pod_arrivals = PodArrivals(memo.deps)
 
 
 @kopf.on.cleanup()
@@ -90,6 +68,9 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     sweeper: Sweeper | None = getattr(memo, "sweeper", None)
     if sweeper is not None:
         await sweeper.close()
+    arrivals: PodArrivals | None = getattr(memo, "pod_arrivals", None)
+    if arrivals is not None:
+        await arrivals.close()
     deps: Deps | None = getattr(memo, "deps", None)
     if deps is not None:
         await deps.mirror.close()

@@ -8,10 +8,12 @@ from typing import Any
 import kopf
 
 from plugin_operator import GROUP, VERSION
+from plugin_operator.domain.objects import InstallView, UpdateView
 from plugin_operator.handlers.outcome import raise_for
 from plugin_operator.handlers.settings import SETTINGS
 from plugin_operator.kube.api import INSTALLS, UPDATES
-from plugin_operator.reconcile import updates
+from plugin_operator.reconcile.sweep import resolve_now
+from plugin_operator.reconcile.update import reconcile_update, retry_update
 
 RESOLVE_ANNOTATION = f"{GROUP}/resolve"
 RETRY_ANNOTATION = f"{GROUP}/retry"
@@ -20,7 +22,7 @@ _SWEEP_INTERVAL = SETTINGS.drift_sweep_interval
 
 # The drift timer. Each install's timer looks ten times per interval whether
 # a whole sweep is due (a clock check, no API call); the first to find it due
-# starts it. See reconcile.updates.Sweeper.
+# starts it. See reconcile.sweep.Sweeper.
 @kopf.timer(
     GROUP,
     VERSION,
@@ -38,7 +40,7 @@ async def drift_sweep(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.update(GROUP, VERSION, UPDATES, field="spec")
 async def update_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Approve, dismiss, apply."""
-    raise_for(await updates.reconcile_update(memo.deps, str(namespace), name))
+    raise_for(await reconcile_update(memo.deps, str(namespace), name))
 
 
 # Requests by annotation are level-triggered: a value not yet recorded in
@@ -49,10 +51,10 @@ async def update_changed(name: str, namespace: str | None, memo: kopf.Memo, **_:
 @kopf.on.event(GROUP, VERSION, UPDATES)
 async def retry_requested(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """`kubectl annotate plu NAME plugins.workspace.dev/retry=$(date +%s) --overwrite`."""
-    asked = (body["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION)
-    if asked and asked != (body.get("status") or {}).get("observedRetry"):
-        meta = body["metadata"]
-        await updates.retry_update(memo.deps, meta["namespace"], meta["name"], asked)
+    update = UpdateView.parse(body)
+    asked = update.meta.annotations.get(RETRY_ANNOTATION)
+    if asked and asked != update.status.observed_retry:
+        await retry_update(memo.deps, update.meta.namespace, update.meta.name, asked)
 
 
 @kopf.on.delete(GROUP, VERSION, UPDATES, optional=True)
@@ -63,7 +65,7 @@ async def update_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, INSTALLS)
 async def resolve_requested(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """`kubectl annotate pli NAME plugins.workspace.dev/resolve=$(date +%s) --overwrite`."""
-    asked = (body["metadata"].get("annotations") or {}).get(RESOLVE_ANNOTATION)
-    if asked and asked != (body.get("status") or {}).get("observedResolve"):
-        meta = body["metadata"]
-        await updates.resolve_now(memo.deps, meta["namespace"], meta["name"], asked)
+    install = InstallView.parse(body)
+    asked = install.meta.annotations.get(RESOLVE_ANNOTATION)
+    if asked and asked != install.status.observed_resolve:
+        await resolve_now(memo.deps, install.meta.namespace, install.meta.name, asked)

@@ -24,8 +24,9 @@ Workload = tuple[str, str, str]  # namespace, kind, name
 Patch = Callable[[str, str, str, str], Awaitable[None]]
 
 
-class Job:
-    """One install's turn of work on a workspace."""
+class RestartTicket:
+    """One install's (or uninstall's) turn of work on a workspace: while it
+    is held, a coalesced restart of that workspace waits for it."""
 
     def __init__(self, restarter: Restarter, workspace: Workspace) -> None:
         self._restarter = restarter
@@ -39,7 +40,7 @@ class Job:
 
     async def restart(self, workloads: Iterable[Workload]) -> None:
         """Stop counting as working (so the restart does not wait for this
-        job), then wait for the coalesced restart of `workloads`."""
+        ticket), then wait for the coalesced restart of `workloads`."""
         await self.finish()
         await self._restarter._restart(self.workspace, workloads)
 
@@ -55,13 +56,13 @@ class Restarter:
         self._asked_by: dict[Workload, set[Workspace]] = {}
 
     @contextlib.asynccontextmanager
-    async def working(self, workspace: Workspace) -> AsyncIterator[Job]:
+    async def working(self, workspace: Workspace) -> AsyncIterator[RestartTicket]:
         self._busy[workspace] += 1
-        job = Job(self, workspace)
+        ticket = RestartTicket(self, workspace)
         try:
-            yield job
+            yield ticket
         finally:
-            await job.finish()
+            await ticket.finish()
 
     async def _leave(self, workspace: Workspace) -> None:
         self._busy[workspace] -= 1
