@@ -16,10 +16,17 @@ from localdev.cluster import ClusterError, LocalCluster, free_port, stop_process
 
 class OperatorProcess:
     def __init__(
-        self, cluster: LocalCluster, workdir: Path, env: Mapping[str, str], *, namespaces: list[str] | None = None
+        self,
+        cluster: LocalCluster,
+        workdir: Path,
+        env: Mapping[str, str],
+        *,
+        namespaces: list[str] | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.cluster = cluster
         self.namespaces = namespaces or []
+        self.args = list(args or [])  # e.g. ["--leader-elect", "--lease-namespace=ns"]
         self.workdir = workdir
         self.extra_env = dict(env)
         self.log = workdir / "operator.log"
@@ -46,6 +53,7 @@ class OperatorProcess:
                     "run",
                     f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
                     *(f"--namespace={ns}" for ns in self.namespaces),
+                    *self.args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -68,6 +76,19 @@ class OperatorProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
         if self.popen is not None:
             stop_process_group(self.popen, sig, timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit status once the process ends (a test crash point), or None."""
+        if self.popen is None:
+            return None
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def kill(self) -> None:
         """SIGKILL, as a crashed or evicted operator pod."""

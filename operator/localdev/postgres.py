@@ -265,6 +265,23 @@ class PostgresServer:
                 self._kill()
         self._proc = None
 
+    def kill(self) -> None:
+        """SIGKILL the whole server (a crash, as the OOM killer does); start()
+        brings it back with crash recovery, on the same port and data."""
+        self._kill()
+        self._proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP the server's processes: connections hang, nothing answers."""
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGCONT)
+
     def _kill(self) -> None:
         proc = self._proc
         if proc is None:
@@ -295,6 +312,11 @@ class PostgresServer:
     def drop_database(self, name: str) -> None:
         with psycopg.connect(self.conninfo(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def execute(self, database: str, statement: str) -> None:
+        """Run one SQL statement (no parameters), autocommit."""
+        with psycopg.connect(self.conninfo(database), autocommit=True) as conn:
+            conn.execute(statement.encode())
 
     def run_sql_file(self, database: str, path: Path) -> None:
         """Run a file of SQL statements (no parameters) in one transaction."""

@@ -83,6 +83,13 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         return EXIT_CANNOT_CHECK
     from sqlalchemy.exc import SQLAlchemyError
 
+    from plugin_operator.config import ConfigError, parse_database_url
+
+    try:
+        parse_database_url(url)
+    except ConfigError as exc:  # names DATABASE_URL, never shows the password
+        print(f"error: {exc}", file=err)
+        return EXIT_CANNOT_CHECK
     try:
         mirror = Mirror(url)
     except Exception as exc:  # not a URL SQLAlchemy can read

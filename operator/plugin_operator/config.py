@@ -71,6 +71,53 @@ def _parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
     return raw
 
 
+_DB_SCHEMES = ("postgres", "postgresql", "postgresql+psycopg")
+
+
+def parse_database_url(raw: str) -> str:
+    """DATABASE_URL: a PostgreSQL URL (`postgresql://user:pass@host:5432/db`),
+    checked at start-up so a typo stops the process naming the variable, not
+    the first mirror write an hour later. Messages never show the password."""
+    from sqlalchemy.engine import make_url  # not needed by every import of the settings
+
+    shown = _shown_url(raw)
+    name = "DATABASE_URL"
+    hint = "expected postgresql://host:5432/database (user and password in the URL)"
+    if "://" not in raw:
+        raise ConfigError(f"{name}={shown!r}: not a URL; {hint}")
+    scheme = raw.split("://", 1)[0].lower()
+    if scheme not in _DB_SCHEMES:
+        raise ConfigError(
+            f"{name}={shown!r}: unsupported scheme {scheme!r}; expected postgresql:// (or postgresql+psycopg://)"
+        )
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+        url = make_url(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={shown!r}: not a valid URL (a bad port or stray characters?)") from None
+    except Exception:  # SQLAlchemy's ArgumentError: its message would hold the password
+        raise ConfigError(f"{name}={shown!r}: not a valid database URL") from None
+    host_in_query = "host" in url.query or "hostaddr" in url.query
+    if not url.host and not host_in_query:
+        raise ConfigError(f"{name}={shown!r}: no host; {hint}")
+    if not url.database:
+        raise ConfigError(f"{name}={shown!r}: no database name; {hint}")
+    return raw
+
+
+def _shown_url(raw: str) -> str:
+    """The URL for a message: the password (and anything secret-looking) masked,
+    even for a string that does not parse (no scheme, a libpq DSN …)."""
+    shown = raw
+    if "@" in raw:
+        scheme, sep, rest = raw.partition("://") if "://" in raw else ("", "", raw)
+        userinfo, _, tail = rest.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        shown = f"{scheme}{sep}{user}:***@{tail}" if ":" in userinfo else f"{scheme}{sep}{user}@{tail}"
+    return redact(shown)
+
+
 @dataclass(frozen=True)
 class Settings:
     github_base_url: str = "https://github.com"
@@ -91,6 +138,8 @@ class Settings:
     pod_concurrency: int = 8
     exec_timeout: float = 120.0
     database_url: str | None = None
+    database_connect_timeout: float = 3.0  # per connection attempt of the mirror
+    database_statement_timeout: float = 10.0  # per statement of the mirror (server side)
     pull_endpoint: str = ""
     metrics_port: int = 9090
     log_format: str = "json"  # or "text"
@@ -99,7 +148,9 @@ class Settings:
     def redacted(self) -> str:
         """The settings for a log line: never a password, token or signature
         (every value goes through domain.redact)."""
-        return ", ".join(f"{k}={redact(str(v))}" for k, v in vars(self).items())
+        return ", ".join(
+            f"{k}={_shown_url(v) if k == 'database_url' and v else redact(str(v))}" for k, v in vars(self).items()
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -151,7 +202,9 @@ class Settings:
             reconcile_interval=dur("PLUGIN_RECONCILE_INTERVAL", defaults.reconcile_interval),
             pod_concurrency=num("PLUGIN_POD_CONCURRENCY", defaults.pod_concurrency),
             exec_timeout=dur("PLUGIN_EXEC_TIMEOUT", defaults.exec_timeout),
-            database_url=get("DATABASE_URL"),
+            database_url=parse_database_url(raw_db) if (raw_db := get("DATABASE_URL")) else None,
+            database_connect_timeout=dur("DATABASE_CONNECT_TIMEOUT", defaults.database_connect_timeout),
+            database_statement_timeout=dur("DATABASE_STATEMENT_TIMEOUT", defaults.database_statement_timeout),
             pull_endpoint=get("PLUGIN_PULL_ENDPOINT") or "",
             metrics_port=_parse_port("PLUGIN_METRICS_PORT", get("PLUGIN_METRICS_PORT") or "9090"),
             log_format=_parse_choice("PLUGIN_LOG_FORMAT", get("PLUGIN_LOG_FORMAT") or "json", ("json", "text")),

@@ -4,6 +4,7 @@ kubectl, against the local control plane with kwok pods (issue 4)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -220,7 +221,8 @@ def test_a_planted_symlink_in_the_pod_is_not_followed(env: Env, tmp_path: Path) 
     env.wait_condition("pli", "trap", "Ready")
     assert (outside / "precious").read_text() == "keep me\n"
     assert sorted(p.name for p in outside.iterdir()) == ["precious"]
-    assert not (pod_dir / "plugins/trap").is_symlink()
+    # plugins/trap is now the operator's own link to its version directory.
+    assert os.readlink(pod_dir / "plugins/trap").startswith("..trap@")
     assert (pod_dir / "plugins/trap/plugin.yaml").is_file()
 
 
@@ -265,7 +267,9 @@ def test_killing_the_operator_mid_delivery_never_shows_a_half_written_plugin(env
     assert not violations, violations[:5]
     for d in pod_dirs:
         assert env.marker(d, "heavy")["sha"] == sha  # type: ignore[index]
-        assert not [p for p in (d / "plugins").iterdir() if p.name.startswith(".")]
+        # Only the current version directory, no leftovers (design §5).
+        hidden = [p.name for p in (d / "plugins").iterdir() if p.name.startswith(".")]
+        assert hidden == [os.readlink(d / "plugins/heavy")]
 
 
 def test_two_installs_finishing_together_restart_the_workspace_once(env: Env) -> None:

@@ -8,6 +8,9 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,6 +23,7 @@ import pytest
 from sqlalchemy import text
 
 from localdev.postgres import PostgresServer
+from localdev.slowproxy import FaultProxy
 from plugin_operator import cli_db
 from plugin_operator.config import Settings
 from plugin_operator.domain.mirror_rows import QUEUE_STATUS, InstallRow, install_row, rows_from_objects, update_row
@@ -455,6 +459,7 @@ async def test_an_outage_never_raises_and_a_resync_catches_up(
         updates["u"] = plugin_update(w, "review", SHA["3"])
         await service.update_changed(updates["u"])
         await service.install_deleted(installs.pop("review"))
+        await asyncio.wait_for(service.flush(), 30)  # writes are queued: the writer meets the outage
         assert service.needs_resync
         assert not await service.resync_if_needed(_state(installs, updates))  # still down: no raise
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
@@ -492,6 +497,7 @@ async def test_a_restart_in_the_middle_of_writes_loses_nothing(private_postgres_
                 await service.update_changed(updates[f"{w}/{round_ - 1}"])
             updates[f"{w}/{round_}"] = plugin_update(w, "review", SHA[str(round_ + 1)], age=round_)
             await service.update_changed(updates[f"{w}/{round_}"])
+            await asyncio.wait_for(service.flush(), 30)
             step += 1
             if step == 4:
                 pg.stop()
@@ -543,3 +549,125 @@ async def test_the_background_loop_migrates_and_catches_up_at_start(database_url
         assert query(service.mirror, "SELECT workspace_id::text, plugin_name FROM workspace_plugins") == [(w, "review")]
     finally:
         await service.close()
+
+
+# -- the write queue: off the reconcile path (issue: Faults) ----------------------
+
+
+def _proxied(pg: PostgresServer, proxy: FaultProxy, database: str) -> str:
+    return pg.url_for(database).replace(f":{pg.port}/", f":{proxy.port}/")
+
+
+async def test_writes_never_wait_for_a_slow_database_and_the_latest_state_wins(
+    private_postgres_server: PostgresServer,
+) -> None:
+    pg = private_postgres_server
+    pg.create_database("mirror")
+    with FaultProxy("127.0.0.1", pg.port) as proxy:
+        service = MirrorService.from_url(_proxied(pg, proxy, "mirror"))
+        assert service.mirror is not None
+        service.mirror.upgrade()
+        w = ws()
+        assert await service.resync_if_needed(_state({}, {}))
+        proxy.delay = 1.0  # every reply of the server arrives a second late
+        started = time.monotonic()
+        for n in range(20):  # one row changing 20 times, as a burst of reconciles
+            await service.install_changed(plugin_install(w, "review", sha=SHA[f"{n % 10}"]))
+        await service.install_changed(plugin_install(w, "review", sha=SHA["9"]))
+        assert time.monotonic() - started < 0.5, "a handler waited for the database"
+        assert service.pending <= 1  # coalesced per row: the latest state wins
+        await asyncio.wait_for(service.flush(), 60)
+        proxy.delay = 0.0
+        assert query(service.mirror, "SELECT installed_sha FROM workspace_plugins") == [(SHA["9"],)]
+        assert not service.needs_resync
+        await service.close()
+
+
+async def test_a_full_queue_drops_to_dirty_and_the_resync_makes_the_tables_exact(
+    private_postgres_server: PostgresServer,
+) -> None:
+    pg = private_postgres_server
+    pg.create_database("mirror")
+    with FaultProxy("127.0.0.1", pg.port) as proxy:
+        service = MirrorService.from_url(_proxied(pg, proxy, "mirror"), max_pending=3)
+        assert service.mirror is not None
+        service.mirror.upgrade()
+        assert await service.resync_if_needed(_state({}, {}))
+        proxy.delay = 0.5
+        w = ws()
+        installs = {f"p{n}": plugin_install(w, f"p{n}", sha=SHA["1"]) for n in range(10)}
+        for obj in installs.values():
+            await service.install_changed(obj)
+        assert service.pending <= 3 and service.needs_resync
+        proxy.delay = 0.0
+        assert await service.resync_if_needed(_state(installs, {}))
+        await asyncio.wait_for(service.flush(), 30)
+        desired = rows_from_objects(installs.values(), [])
+        assert service.mirror.diff(desired.installs.values(), desired.updates.values()) == []
+        await service.close()
+
+
+async def test_a_refused_write_is_counted_and_said_on_the_object(platform_database_url: str) -> None:
+    from plugin_operator.mirror.service import WRITE_FAILURES
+
+    service = MirrorService.from_url(platform_database_url)
+    assert service.mirror is not None
+    service.mirror.upgrade()
+    told: list[tuple[str, str, str, str]] = []
+
+    def emitter(obj: Any) -> Any:
+        return lambda type_, reason, message: told.append((obj["metadata"]["name"], type_, reason, message))
+
+    service.report_to(emitter)
+    w = ws()
+    assert await service.resync_if_needed(_state({}, {}))
+    with service.mirror.engine.begin() as conn:  # the platform's own rule refuses this row
+        conn.execute(
+            text(
+                "CREATE FUNCTION refuse_review() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.plugin_name = 'review' THEN RAISE EXCEPTION 'platform refuses %', NEW.plugin_name; END IF; "
+                "RETURN NEW; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON workspace_plugins "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_review()"
+            )
+        )
+    before = WRITE_FAILURES.labels("refused")._value.get()
+    installs = {"review": plugin_install(w, "review", sha=SHA["1"]), "lint": plugin_install(w, "lint", sha=SHA["1"])}
+    for obj in installs.values():
+        await service.install_changed(obj)
+    await asyncio.wait_for(service.flush(), 30)
+    assert WRITE_FAILURES.labels("refused")._value.get() == before + 1
+    assert [(n, t, r) for n, t, r, _ in told] == [("review", "Warning", "MirrorWriteFailed")]
+    assert "platform refuses review" in told[0][3]
+    assert query(service.mirror, "SELECT plugin_name FROM workspace_plugins") == [("lint",)]  # the others go on
+    assert service.needs_resync
+    with service.mirror.engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse ON workspace_plugins"))
+    assert await service.resync_if_needed(_state(installs, {}))
+    desired = rows_from_objects(installs.values(), [])
+    assert service.mirror.diff(desired.installs.values(), desired.updates.values()) == []
+    await service.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("mysql://app:s3cret@db:3306/platform", "unsupported scheme 'mysql'"),
+        ("postgresql://app:s3cret@db:5x32/platform", "not a valid URL"),
+        ("postgresql://app:s3cret@/platform", "no host"),
+        ("app:s3cret@db/platform", "not a URL"),
+    ],
+)
+@pytest.mark.parametrize("command", [["run"], ["db", "check"]], ids=["run", "db-check"])
+def test_a_bad_database_url_stops_the_cli_naming_the_variable(url: str, said: str, command: list[str]) -> None:
+    env = {**os.environ, "DATABASE_URL": url, "KUBECONFIG": "/nonexistent", "PLUGIN_METRICS_PORT": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "plugin_operator", *command], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "DATABASE_URL" in done.stderr and said in done.stderr
+    assert "s3cret" not in done.stdout + done.stderr

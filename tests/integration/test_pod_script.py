@@ -47,7 +47,9 @@ def test_installs_of_several_plugins_at_once_into_a_fresh_configs_dir_all_succee
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(install, [root] * 8, [f"p{n}" for n in range(8)]))
         assert [r.stderr.decode() for r in results if r.returncode] == []
-        assert sorted(p.name for p in (root / "plugins").iterdir()) == [f"p{n}" for n in range(8)]
+        visible = sorted(p.name for p in (root / "plugins").iterdir() if not p.name.startswith("."))
+        assert visible == [f"p{n}" for n in range(8)]
+        assert all((root / "plugins" / f"p{n}" / "plugin.yaml").is_file() for n in range(8))
 
 
 def test_a_plugins_dir_planted_as_a_symlink_is_refused(tmp_path: Path) -> None:
@@ -217,3 +219,191 @@ async def test_uninstall_reports_a_claude_md_left_alone_and_still_completes(tmp_
     by_pod = {p["name"]: p["message"] for p in status["pods"]}
     assert "CLAUDE.md left untouched" in by_pod["ws-1"] and "no end marker" in by_pod["ws-1"]
     assert by_pod["ws-0"] == "p removed"
+
+
+# -- the atomic swap (design §5) and the pod's own errors in words ----------------
+
+
+def _bin_dir(tmp_path: Path) -> Path:
+    assert BUSYBOX is not None
+    bindir = tmp_path / "busybox-bin"
+    bindir.mkdir(exist_ok=True)
+    tools = ("awk", "sh", "grep", "tr", "wc", "tail", "mv", "rm", "ls", "cut", "chmod", "head", "find", "mkdir")
+    for tool in (*tools, "tar", "ln", "readlink", "dirname", "cat", "printf"):
+        if not (bindir / tool).exists():
+            (bindir / tool).symlink_to(BUSYBOX)
+    return bindir
+
+
+def run_with(
+    shell: str | None, tmp_path: Path, op: str, root: Path, name: str, *args: str, stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
+    if shell is None:
+        return run(op, root, name, *args, stdin=stdin)
+    assert BUSYBOX is not None
+    argv = [BUSYBOX, "sh", "-c", POD_SCRIPT, "plugin-operator", op, str(root), name, *args]
+    env = {"PATH": str(_bin_dir(tmp_path))}
+    return subprocess.run(argv, input=stdin, capture_output=True, timeout=60, check=False, env=env)
+
+
+def versioned(name: str, version: int, extra: int = 0) -> tuple[bytes, int]:
+    files = {
+        "plugin.yaml": f"name: {name}\nversion: {version}\n".encode(),
+        ".plugin-operator.json": json.dumps({"v": version}).encode(),
+        **{f"rules/r{i}.md": b"rule\n" for i in range(extra)},
+    }
+    return tar_of(files), len(files)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_reader_never_sees_the_plugin_missing_while_versions_swap(tmp_path: Path, shell: str | None) -> None:
+    import threading
+
+    root = tmp_path / "configs"
+    data, files = versioned("p", 0)
+    assert run_with(shell, tmp_path, "install", root, "p", "t0", str(files), stdin=data).returncode == 0
+    plugin_yaml = root / "plugins" / "p" / "plugin.yaml"
+    stop = threading.Event()
+    reads, missing, torn = [0], [0], [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                text = plugin_yaml.read_text()
+                if not text.startswith("name: p\nversion: "):
+                    torn[0] += 1
+            except OSError:
+                missing[0] += 1
+            reads[0] += 1
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        for version in range(1, 31):
+            data, files = versioned("p", version, extra=version % 5)
+            result = run_with(shell, tmp_path, "install", root, "p", f"t{version}", str(files), stdin=data)
+            assert result.returncode == 0, result.stderr
+    finally:
+        stop.set()
+        thread.join()
+    assert reads[0] > 1000 and missing[0] == 0 and torn[0] == 0, (reads, missing, torn)
+    assert json.loads(run_with(shell, tmp_path, "read", root, "p").stdout) == {"v": 30}
+    assert (root / "plugins" / "p").is_symlink()
+    # Only the current version is kept, no leftovers.
+    assert sorted(p.name for p in (root / "plugins").iterdir()) == ["..p@t30", "p"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_plain_directory_from_before_is_migrated_and_a_planted_link_replaced_not_followed(
+    tmp_path: Path, shell: str | None
+) -> None:
+    root = tmp_path / "configs"
+    (root / "plugins" / "old").mkdir(parents=True)
+    (root / "plugins" / "old" / ".plugin-operator.json").write_text('{"v": "plain"}')
+    assert json.loads(run_with(shell, tmp_path, "read", root, "old").stdout) == {"v": "plain"}
+    data, files = versioned("old", 1)
+    assert run_with(shell, tmp_path, "install", root, "old", "t1", str(files), stdin=data).returncode == 0
+    assert (root / "plugins" / "old").is_symlink() and json.loads(
+        (root / "plugins/old/.plugin-operator.json").read_text()
+    ) == {"v": 1}
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep\n")
+    for planted in ("../../outside", str(outside), "..p@x/../../../outside", "..p@nonexistent"):
+        (root / "plugins" / "p").unlink(missing_ok=True)
+        (root / "plugins" / "p").symlink_to(planted)
+        assert run_with(shell, tmp_path, "read", root, "p").stdout == b""  # a planted link is not read
+        data, files = versioned("p", 1)
+        result = run_with(shell, tmp_path, "install", root, "p", "t1", str(files), stdin=data)
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in outside.iterdir()) == ["precious"]
+        assert json.loads(run_with(shell, tmp_path, "read", root, "p").stdout) == {"v": 1}
+    (root / "plugins" / "p").unlink()
+    (root / "plugins" / "p").symlink_to(outside)
+    assert run_with(shell, tmp_path, "remove", root, "p", "t2").returncode == 0
+    assert sorted(p.name for p in outside.iterdir()) == ["precious"]
+    assert not (root / "plugins" / "p").exists() and not (root / "plugins" / "p").is_symlink()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_read_only_configs_dir_is_said_in_words(tmp_path: Path, shell: str | None) -> None:
+    import os
+
+    root = tmp_path / "configs"
+    (root / "plugins").mkdir(parents=True)
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions; the fault suite mounts a read-only tmpfs instead")
+    (root / "plugins").chmod(0o555)
+    try:
+        data, files = versioned("p", 1)
+        result = run_with(shell, tmp_path, "install", root, "p", "t1", str(files), stdin=data)
+    finally:
+        (root / "plugins").chmod(0o755)
+    assert result.returncode == 3 and b"(EACCES)" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_file_size_limit_is_said_in_words(tmp_path: Path, shell: str | None) -> None:
+    import resource
+
+    root = tmp_path / "configs"
+    files = {"plugin.yaml": b"name: p\n", ".plugin-operator.json": b"{}", "big.bin": b"x" * 200_000}
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    argv = ["/bin/sh"] if shell is None else [str(BUSYBOX), "sh"]
+    env = None if shell is None else {"PATH": str(_bin_dir(tmp_path))}
+    result = subprocess.run(
+        [*argv, "-c", POD_SCRIPT, "plugin-operator", "install", str(root), "p", "t1", "3"],
+        input=tar_of(files),
+        capture_output=True,
+        timeout=30,
+        check=False,
+        preexec_fn=limit,
+        env=env,
+    )
+    assert result.returncode == 3, result.stderr
+    assert b"unpacking failed: a file is too large" in result.stderr and b"(EFBIG" in result.stderr, result.stderr
+    assert not (root / "plugins" / "p").exists()
+    assert [p.name for p in (root / "plugins").iterdir()] == []
+
+
+def test_the_explanations_name_the_errno() -> None:
+    for text, want in [
+        ("tar: write error: No space left on device", "no space left on device in /c/plugins (ENOSPC)"),
+        ("mkdir: cannot create directory: Read-only file system", "read-only (EROFS)"),
+        ("Permission denied", "(EACCES)"),
+        ("Not a directory", "(ENOTDIR)"),
+    ]:
+        script = POD_SCRIPT.replace(
+            'case "$op" in\nread)', 'explain "$PO_ERR" /c/plugins; exit 0\ncase "$op" in\nread)'
+        )
+        done = subprocess.run(
+            ["/bin/sh", "-c", script, "plugin-operator", "read", "/c", "p"],
+            capture_output=True,
+            env={"PO_ERR": text, "PATH": "/usr/bin:/bin"},
+            check=False,
+        )
+        assert want in done.stdout.decode(), (text, done.stdout, done.stderr)
+
+
+def test_exec_and_websocket_failures_are_said_in_words() -> None:
+    from kubernetes.client.exceptions import ApiException
+    from websocket import WebSocketBadStatusException, WebSocketConnectionClosedException
+
+    from plugin_operator.delivery.exec import PodTarget, explain_exec_failure
+
+    target = PodTarget("ns", "ws-0", "agent", "/configs")
+    said = {
+        "gone": explain_exec_failure(target, ApiException(status=404, reason="Not Found")),
+        "forbidden": explain_exec_failure(target, ApiException(status=403, reason="Forbidden")),
+        "handshake": explain_exec_failure(target, WebSocketBadStatusException("Handshake status 404 Not Found", 404)),
+        "lost": explain_exec_failure(target, WebSocketConnectionClosedException("Connection to remote host was lost.")),
+        "reset": explain_exec_failure(target, ConnectionResetError(104, "Connection reset by peer")),
+    }
+    assert "the pod is gone" in said["gone"] and "the pod is gone" in said["handshake"]
+    assert "may not exec" in said["forbidden"]
+    assert "connection to the pod was lost mid-transfer" in said["lost"]
+    assert "connection to the pod was lost mid-transfer" in said["reset"]
+    assert all(s.startswith("pod ns/ws-0: ") for s in said.values())

@@ -349,9 +349,8 @@ def test_deploy_base_is_accepted_and_rbac_is_least_privilege(kube: LocalCluster,
     kinds = {obj["kind"] for obj in objects}
     assert {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"} <= kinds
     # The namespace and RBAC for real (nothing runs without the Deployment).
-    rbac = [
-        obj for obj in objects if obj["kind"] in ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding")
-    ]
+    rbac_kinds = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+    rbac = [obj for obj in objects if obj["kind"] in rbac_kinds]
     kube.kubectl(
         "apply", "--server-side", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac})
     )
@@ -381,6 +380,12 @@ def test_deploy_base_is_accepted_and_rbac_is_least_privilege(kube: LocalCluster,
     assert not can_i(kube, "update", "plugininstalls.plugins.workspace.dev", namespace)
     assert not can_i(kube, "get", "statefulsets.apps", namespace)
     assert can_i(kube, "patch", "statefulsets.apps", namespace)
+    # Leader election: get/create/update on leases in its own namespace only.
+    for verb in ("get", "create", "update"):
+        assert can_i(kube, verb, "leases.coordination.k8s.io", "plugin-operator-system")
+        assert not can_i(kube, verb, "leases.coordination.k8s.io", namespace)
+    assert not can_i(kube, "delete", "leases.coordination.k8s.io", "plugin-operator-system")
+    assert not can_i(kube, "list", "leases.coordination.k8s.io", "plugin-operator-system")
     # pods/exec only where deploy/workspace-namespace grants it.
     assert not can_i(kube, "create", "pods/exec", namespace)
 

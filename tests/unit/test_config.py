@@ -65,7 +65,50 @@ def test_no_setting_is_shown_with_its_secret() -> None:
         {"DATABASE_URL": "postgresql://app:s3cret@db/p?sslpassword=s3cretq&application_name=x"}
     )
     assert "s3cret" not in settings.redacted()
-    assert "s3cret" not in Settings.from_env({"DATABASE_URL": "host=db password=s3cret"}).redacted()
+    with pytest.raises(ConfigError) as refused:  # a libpq DSN is not a URL the mirror can use
+        Settings.from_env({"DATABASE_URL": "host=db password=s3cret"})
+    assert "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("mysql://app:s3cret@db/p", "unsupported scheme 'mysql'"),
+        ("postgresql://app:s3cret@db:54x2/p", "not a valid URL"),
+        ("postgresql://app:s3cret@/p", "no host"),
+        ("postgresql://app:s3cret@db:5432/", "no database name"),
+        ("db.internal:5432/p", "not a URL"),
+        ("postgresql://app:s3cret@db:99999/p", "not a valid URL"),
+        ("host=db password=s3cret", "not a URL"),
+    ],
+)
+def test_a_bad_database_url_is_refused_naming_the_variable_never_the_password(url: str, said: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"DATABASE_URL": url})
+    message = str(refused.value)
+    assert message.startswith("DATABASE_URL=")
+    assert said in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:s3cret@db:5432/platform",
+        "postgres://app@db/platform",
+        "postgresql+psycopg://app:s3cret@127.0.0.1:6543/platform?sslmode=require",
+        "postgresql:///platform?host=/var/run/postgresql",
+    ],
+)
+def test_good_database_urls_are_kept_as_given(url: str) -> None:
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == url
+
+
+def test_mirror_timeouts_are_durations() -> None:
+    settings = Settings.from_env({"DATABASE_CONNECT_TIMEOUT": "2s", "DATABASE_STATEMENT_TIMEOUT": "500ms"})
+    assert (settings.database_connect_timeout, settings.database_statement_timeout) == (2.0, 0.5)
+    with pytest.raises(ConfigError, match="DATABASE_STATEMENT_TIMEOUT"):
+        Settings.from_env({"DATABASE_STATEMENT_TIMEOUT": "soon"})
 
 
 def test_a_duration_is_matched_whole() -> None:

@@ -134,7 +134,9 @@ def _world(monkeypatch: pytest.MonkeyPatch, *, source: str, track: str | None, p
         lock=hold,
     )
 
-    async def fake_reconcile_install(deps: Any, namespace: str, name: str, *, target_sha: str | None = None) -> Outcome:
+    async def fake_reconcile_install(
+        deps: Any, namespace: str, name: str, *, target_sha: str | None = None, update: str | None = None
+    ) -> Outcome:
         assert target_sha is not None
         fetched.append(target_sha)
         applied.append(target_sha)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin_operator.config import Settings
+from plugin_operator.config import ConfigError, Settings
 from plugin_operator.domain import redact as redact_module
 from plugin_operator.domain.redact import RedactingFilter, install_log_redaction, redact
 from plugin_operator.git.runner import GitError, scrub
@@ -78,8 +78,9 @@ def test_settings_and_database_urls_are_shown_redacted() -> None:
     )
     shown = settings.redacted()
     assert "s3cret" not in shown and "db/p" in shown and "https://git.acme.io" in shown
-    libpq = Settings.from_env({"DATABASE_URL": "host=db user=app password=s3cret"}).redacted()
-    assert "s3cret" not in libpq and "host=db" in libpq
+    with pytest.raises(ConfigError) as libpq:  # not a URL: refused at start-up, the password never shown
+        Settings.from_env({"DATABASE_URL": "host=db user=app password=s3cret"})
+    assert "s3cret" not in str(libpq.value) and "host=db" in str(libpq.value)
     for url in ("postgresql://app:s3cret@db/p", "host=db password=s3cret", "postgresql://app:s3cret@db:notaport/p"):
         assert "s3cret" not in safe_url(url)
 

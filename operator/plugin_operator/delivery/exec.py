@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -83,11 +84,18 @@ def _exec_blocking(
     )
     out, err, error_channel = bytearray(), bytearray(), b""
     deadline = time.monotonic() + timeout
+    write_error: Exception | None = None
     try:
         if stdin is not None:
-            for start in range(0, len(stdin), _CHUNK):
-                ws.write_channel(STDIN_CHANNEL, stdin[start : start + _CHUNK])
-            ws.close_channel(STDIN_CHANNEL)
+            # The script may stop reading early (its tar failed: a full or
+            # read-only disk): the write then fails, but what it said on
+            # stderr and its exit status are still there to read.
+            try:
+                for start in range(0, len(stdin), _CHUNK):
+                    ws.write_channel(STDIN_CHANNEL, stdin[start : start + _CHUNK])
+                ws.close_channel(STDIN_CHANNEL)
+            except Exception as exc:  # websocket and socket errors
+                write_error = exc
         while ws.is_open():
             if time.monotonic() > deadline:
                 raise DeliveryFailed(f"pod {target}: in-pod command timed out after {timeout:.0f}s")
@@ -104,11 +112,53 @@ def _exec_blocking(
     finally:
         ws.close()
     error_text = error_channel.decode("utf-8", "replace")
-    code = _exit_code(error_text)
     stderr = err.decode("utf-8", "replace")
+    if not error_text.strip() and not stderr.strip() and write_error is not None:
+        raise write_error
+    code = _exit_code(error_text) if error_text.strip() or write_error is None else -1
     if code != 0 and not stderr.strip():
-        stderr = error_text
+        stderr = _status_said(error_text, code)
     return ExecResult(code, bytes(out), stderr)
+
+
+def _status_said(error_channel: str, code: int) -> str:
+    """The error channel's Status in words (its `message`), for an exec
+    that failed without a word on stderr."""
+    try:
+        status = json.loads(error_channel)
+        message = str(status.get("message") or "") if isinstance(status, dict) else ""
+    except ValueError:
+        message = error_channel
+    if code == 137:
+        return "the in-pod command was killed (SIGKILL: out of memory, or the container is stopping)"
+    if code == 126 or code == 127:
+        return f"the container cannot run /bin/sh (exit {code}): {message}".strip()
+    return message or "the exec stream ended without a status (the connection to the pod was lost)"
+
+
+def explain_exec_failure(target: PodTarget, exc: BaseException) -> str:
+    """An exec/websocket failure in words a person understands."""
+    text = " ".join(str(exc).split())[:300]
+    status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+    kind = type(exc).__name__
+    if status is None:
+        found = re.search(r"[Hh]andshake status (\d{3})", text)
+        status = int(found.group(1)) if found else None
+    lowered = text.lower()
+    if status == 404 or ("not found" in lowered and "container" not in lowered):
+        return f"pod {target}: the pod is gone (deleted or replaced) ({kind}: {text})"
+    if status == 403:
+        return f"pod {target}: the operator may not exec into this pod (pods/exec forbidden in {target.namespace})"
+    if "container not found" in lowered or "is not running" in lowered or "pod is not running" in lowered:
+        return f"pod {target}: the container {target.container} is not running (restarting or stopping): {text}"
+    if status == 400 or status == 500:
+        return f"pod {target}: the API server refused the exec ({status}): {text}"
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)) or "closed" in lowered or "lost" in lowered:
+        return (
+            f"pod {target}: the connection to the pod was lost mid-transfer (the pod was deleted or restarted, "
+            f"or the API server went away); nothing was swapped in ({kind})"
+        )
+    return f"pod {target}: exec failed: {kind}: {text}"
 
 
 class PodExecutor:
@@ -136,16 +186,19 @@ class PodExecutor:
                 return await asyncio.to_thread(_exec_blocking, api_client, target, argv, stdin, self._timeout)
             except DeliveryFailed:
                 raise
-            except client.ApiException as exc:
-                raise DeliveryFailed(f"pod {target}: exec refused: {exc.status} {exc.reason}") from None
-            except Exception as exc:  # websocket and socket errors
-                raise DeliveryFailed(f"pod {target}: exec failed: {type(exc).__name__}: {exc}") from None
+            except Exception as exc:  # API refusals, websocket and socket errors
+                raise DeliveryFailed(explain_exec_failure(target, exc)) from None
             finally:
                 api_client.close()
 
     async def checked(self, target: PodTarget, op: str, *args: str, stdin: bytes | None = None) -> bytes:
         result = await self.run_script(target, op, *args, stdin=stdin)
         if result.exit_code != 0:
+            said = [line.strip() for line in result.stderr.splitlines() if line.startswith("plugin-operator: ")]
+            if result.exit_code == 3 and said:
+                # The pod script's own words (design §4): already plain.
+                detail = " ".join(said[-1].removeprefix("plugin-operator: ").split())[:400]
+                raise DeliveryFailed(f"pod {target}: {op} failed: {detail}")
             detail = " ".join(result.stderr.split())[:300]
             raise DeliveryFailed(f"pod {target}: {op} failed (exit {result.exit_code}): {detail}")
         return result.stdout

@@ -9,6 +9,7 @@ from plugin_operator.delivery.exec import PodExecutor, PodTarget, new_token
 from plugin_operator.domain.errors import InvalidPlugin
 from plugin_operator.domain.marker import MARKER_FILE, Marker, parse_marker
 from plugin_operator.staging import StagedPlugin, tar_stream
+from plugin_operator.testhooks import crash_point
 
 
 def check_deliverable(staged: StagedPlugin) -> None:
@@ -61,4 +62,6 @@ def parse_remove_report(stdout: bytes) -> RemoveReport:
 
 
 async def remove(executor: PodExecutor, target: PodTarget, name: str, skills: list[str]) -> RemoveReport:
-    return parse_remove_report(await executor.checked(target, "remove", name, new_token(), *skills))
+    report = parse_remove_report(await executor.checked(target, "remove", name, new_token(), *skills))
+    crash_point("uninstall-after-first-pod")
+    return report

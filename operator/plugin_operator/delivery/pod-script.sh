@@ -5,26 +5,95 @@
 # busybox only. Symlinks planted in the pod are never followed: each path the
 # script writes or deletes is checked with -L first, renames move links
 # themselves, and new directories are made fresh with mkdir.
+#
+# Layout (design §4, §5): plugins/<name> is a symlink the operator owns,
+# naming a sibling version directory plugins/..<name>@<token>/ (relative, no
+# slash). A new version is unpacked into plugins/.incoming@<name>@<token>,
+# verified, renamed to its version name, and published by renaming a new
+# symlink over plugins/<name>: rename(2) of a symlink over a symlink is one
+# atomic step, so a reader always sees the old tree or the new one, whole.
+# A symlink at plugins/<name> is ours only when its text is exactly
+# "..<name>@<token>" and that names a real directory; anything else there is
+# planted and is replaced (the link itself), never followed.
 set -eu
 umask 022
 op="$1"; root="$2"; name="$3"; shift 3
 
 fail() { echo "plugin-operator: $*" >&2; exit 3; }
 
+# Why a write failed, in words, from the tool's error text (GNU and busybox
+# print strerror), else by probing the directory: "<what> in <dir> (ERRNO)".
+explain() {
+  err="$1"; dir="$2"; rc="${3:-1}"
+  case "$rc" in
+  153) echo "a file is too large for $dir: the container's file size limit (EFBIG, SIGXFSZ)"; return ;;
+  137) echo "the command was killed (SIGKILL: out of memory, or the container is stopping)"; return ;;
+  esac
+  case "$err" in
+  *"No space left"*) echo "no space left on device in $dir (ENOSPC)"; return ;;
+  *"quota exceeded"*|*"Quota exceeded"*) echo "disk quota exceeded in $dir (EDQUOT)"; return ;;
+  *"Read-only file system"*) echo "the file system of $dir is read-only (EROFS)"; return ;;
+  *"Permission denied"*|*"Operation not permitted"*) echo "permission denied writing in $dir (EACCES)"; return ;;
+  *"Not a directory"*) echo "a path under $dir is not a directory (ENOTDIR)"; return ;;
+  *"File too large"*) echo "a file is too large for $dir (EFBIG)"; return ;;
+  *"Input/output error"*) echo "input/output error in $dir (EIO)"; return ;;
+  *"Too many open files"*) echo "too many open files in the container (EMFILE)"; return ;;
+  *"No such file or directory"*) echo "a path under $dir vanished or does not exist (ENOENT)"; return ;;
+  esac
+  if [ ! -e "$dir" ]; then echo "$dir does not exist (ENOENT)"; return; fi
+  if [ ! -d "$dir" ]; then echo "$dir is not a directory (ENOTDIR)"; return; fi
+  probe="$dir/.probe@plugin-operator@$$"
+  if perr="$( (: >"$probe") 2>&1)"; then
+    rm -f "$probe" 2>/dev/null || true
+    short="$(printf '%s' "$err" | tr -s '\n\t ' '   ' | head -c 300)"
+    echo "${short:-an unknown error} in $dir"
+    return
+  fi
+  rm -f "$probe" 2>/dev/null || true
+  case "$perr" in
+  *"No space left"*) echo "no space left on device in $dir (ENOSPC)" ;;
+  *"Read-only file system"*) echo "the file system of $dir is read-only (EROFS)" ;;
+  *"Permission denied"*|*"Operation not permitted"*) echo "permission denied writing in $dir (EACCES)" ;;
+  *) echo "cannot write in $dir: $(printf '%s' "$perr" | tr -s '\n\t ' '   ' | head -c 200)" ;;
+  esac
+}
+
+# do_or_fail <what> <dir> <command...>: run it; on failure say why.
+do_or_fail() {
+  what="$1"; dir="$2"; shift 2
+  err="$("$@" 2>&1 >/dev/null)" && rc=0 || rc=$?
+  if [ "$rc" != 0 ]; then fail "$what failed: $(explain "$err" "$dir" "$rc")"; fi
+}
+
 case "$root" in /*) ;; *) fail "configs dir must be absolute: $root" ;; esac
-case "$name" in ""|.|..|*/*|-*) fail "bad plugin name" ;; esac
+case "$name" in ""|.|..|*/*|-*|*@*) fail "bad plugin name" ;; esac
 [ -L "$root" ] && fail "configs dir $root is a symlink"
 plugins="$root/plugins"
 target="$plugins/$name"
 marker=".plugin-operator.json"
 
 ensure_plugins_dir() {
-  [ -d "$root" ] || mkdir -p "$root"
+  if [ ! -d "$root" ]; then do_or_fail "creating the configs dir" "$(dirname "$root")" mkdir -p "$root"; fi
   [ -L "$plugins" ] && fail "$plugins is a symlink"
   # Someone else may make it at the same moment: check what is there after.
-  [ -d "$plugins" ] || mkdir "$plugins" 2>/dev/null || true
+  if [ ! -d "$plugins" ] && ! err="$(mkdir "$plugins" 2>&1)" && [ ! -d "$plugins" ]; then
+    fail "creating $plugins failed: $(explain "$err" "$root")"
+  fi
   [ -L "$plugins" ] && fail "$plugins is a symlink"
   [ -d "$plugins" ] || fail "cannot create $plugins"
+}
+
+# The version directory plugins/<name> points at, if the link is ours:
+# prints its name (..<name>@<token>), else nothing.
+our_version() {
+  [ -L "$target" ] || return 0
+  text="$(readlink "$target" 2>/dev/null)" || return 0
+  case "$text" in "..$name@"*) ;; *) return 0 ;; esac
+  case "$text" in */*) return 0 ;; esac
+  tok="${text#"..$name@"}"
+  case "$tok" in ""|*[!0-9a-zA-Z_-]*) return 0 ;; esac
+  [ -d "$plugins/$text" ] && [ ! -L "$plugins/$text" ] && printf '%s' "$text"
+  return 0
 }
 
 # CLAUDE.md on uninstall (design §4). Removes exactly the well-formed blocks
@@ -176,47 +245,74 @@ case "$op" in
 read)
   # Prints the marker of the installed plugin, or nothing.
   [ -L "$plugins" ] && fail "$plugins is a symlink"
-  [ -L "$target" ] && exit 0
-  [ -f "$target/$marker" ] && [ ! -L "$target/$marker" ] && head -c 4096 "$target/$marker"
+  [ -d "$plugins" ] || exit 0
+  if [ -L "$target" ]; then
+    version="$(our_version)"
+    [ -n "$version" ] || exit 0
+    dir="$plugins/$version"
+  else
+    dir="$target"  # a plain directory: the layout before the symlink
+  fi
+  [ -f "$dir/$marker" ] && [ ! -L "$dir/$marker" ] && head -c 4096 "$dir/$marker"
   exit 0
   ;;
 install)
   # stdin: an uncompressed tar of the tree (marker included).
   token="$1"; files="$2"
+  case "$token" in ""|*[!0-9a-zA-Z_-]*) fail "bad token" ;; esac
   ensure_plugins_dir
   tmp="$plugins/.incoming@$name@$token"
+  version="..$name@$token"
+  link="$plugins/.link@$name@$token"
   old="$plugins/.outgoing@$name@$token"
-  rm -rf "$tmp" "$old"
-  mkdir "$tmp"
-  if ! tar -x -f - -C "$tmp" 2>"$tmp.err"; then
-    msg="$(head -c 500 "$tmp.err")"; rm -rf "$tmp" "$tmp.err"; fail "unpacking failed: $msg"
+  rm -rf "$tmp" "$link" "$old"
+  rm -rf "$plugins/$version"
+  do_or_fail "creating a temporary directory" "$plugins" mkdir "$tmp"
+  err="$(tar -x -f - -C "$tmp" 2>&1 >/dev/null)" && rc=0 || rc=$?
+  if [ "$rc" != 0 ]; then
+    why="$(explain "$err" "$plugins" "$rc")"; rm -rf "$tmp"; fail "unpacking failed: $why"
   fi
-  rm -f "$tmp.err"
   # Verify before swapping: every file arrived, nothing but files and dirs.
   got="$(find "$tmp" -type f | wc -l | tr -d ' ')"
   odd="$(find "$tmp" ! -type f ! -type d | head -n 1)"
   if [ "$got" != "$files" ] || [ -n "$odd" ] || [ ! -f "$tmp/$marker" ]; then
     rm -rf "$tmp"; fail "verification failed: $got of $files files${odd:+, unexpected $odd}"
   fi
-  # Swap: the old tree (or a planted link) is moved aside, never followed.
-  if [ -e "$target" ] || [ -L "$target" ]; then mv -f "$target" "$old"; fi
-  mv "$tmp" "$target"
+  do_or_fail "naming the new version" "$plugins" mv "$tmp" "$plugins/$version"
+  if ! err="$(ln -s "$version" "$link" 2>&1)"; then
+    why="$(explain "$err" "$plugins")"; rm -rf "$plugins/$version"; fail "linking the new version failed: $why"
+  fi
+  if [ -d "$target" ] && [ ! -L "$target" ]; then
+    # A plain directory (the layout before the symlink): rename(2) cannot
+    # put a link over a directory, so it steps aside for the one instant
+    # between these two renames, once per pod and plugin.
+    do_or_fail "moving the previous plain directory aside" "$plugins" mv -f "$target" "$old"
+  fi
+  # The swap: one rename of our link over plugins/<name> (ours or a planted
+  # link or file: the link itself is replaced, never followed).
+  if ! err="$(mv -f -T "$link" "$target" 2>&1)"; then
+    why="$(explain "$err" "$plugins")"
+    [ -d "$old" ] && [ ! -e "$target" ] && [ ! -L "$target" ] && mv "$old" "$target" 2>/dev/null
+    rm -f "$link"; rm -rf "$plugins/$version"; fail "swapping the new version in failed: $why"
+  fi
+  # Leftovers: the previous version, and those of interrupted earlier runs.
   rm -rf "$old"
-  # Leftovers of an interrupted earlier run.
-  for stale in "$plugins/.incoming@$name@"* "$plugins/.outgoing@$name@"*; do
+  for stale in "$plugins/..$name@"* "$plugins/.incoming@$name@"* "$plugins/.outgoing@$name@"* "$plugins/.link@$name@"*; do
     [ -e "$stale" ] || [ -L "$stale" ] || continue
-    rm -rf "$stale"
+    [ "$stale" = "$plugins/$version" ] && continue
+    rm -rf "$stale" 2>/dev/null || true
   done
   ;;
 remove)
   # args: token, then the skill dirs the plugin's manifest declares.
   token="$1"; shift
+  case "$token" in ""|*[!0-9a-zA-Z_-]*) fail "bad token" ;; esac
   if [ -d "$plugins" ] && [ ! -L "$plugins" ]; then
     if [ -e "$target" ] || [ -L "$target" ]; then
-      mv -f "$target" "$plugins/.outgoing@$name@$token"
+      do_or_fail "removing $name" "$plugins" mv -f -T "$target" "$plugins/.outgoing@$name@$token"
       rm -rf "$plugins/.outgoing@$name@$token"
     fi
-    rm -rf "$plugins/.incoming@$name@"* "$plugins/.outgoing@$name@"*
+    rm -rf "$plugins/..$name@"* "$plugins/.incoming@$name@"* "$plugins/.outgoing@$name@"* "$plugins/.link@$name@"*
   fi
   skills="$root/skills"
   if [ -d "$skills" ] && [ ! -L "$skills" ]; then

@@ -127,6 +127,10 @@ INSTALL_STATUS_KEYS = (
     "pendingUpdate",
     "pendingUpdateSHA",
     "pendingUpdateRef",
+    "targetSHA",
+    "targetDigest",
+    "targetSource",
+    "targetUpdate",
     "observedResolve",
     "pods",
 )
@@ -156,6 +160,12 @@ class InstallStatus:
     pending_update: str | None = None
     pending_update_sha: str | None = None
     pending_update_ref: str | None = None
+    # The intent (design §5): what the pods are being brought to, recorded
+    # before any pod is touched, cleared when installedSHA records it.
+    target_sha: str | None = None
+    target_digest: str | None = None
+    target_source: str | None = None
+    target_update: str | None = None
     observed_resolve: str | None = None
     pods: tuple[PodEntry, ...] = ()
     conditions: tuple[cond.Condition, ...] = ()
@@ -185,6 +195,10 @@ class InstallStatus:
             pending_update=_text(status.get("pendingUpdate")),
             pending_update_sha=_text(status.get("pendingUpdateSHA")),
             pending_update_ref=_text(status.get("pendingUpdateRef")),
+            target_sha=_text(status.get("targetSHA")),
+            target_digest=_text(status.get("targetDigest")),
+            target_source=_text(status.get("targetSource")),
+            target_update=_text(status.get("targetUpdate")),
             observed_resolve=_text(status.get("observedResolve")),
             pods=pods,
             conditions=tuple(cond.parse(c) for c in raw_conditions),

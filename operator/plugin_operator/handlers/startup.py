@@ -58,6 +58,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     async def list_objects() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return await kube.list(INSTALLS), await kube.list(UPDATES)
 
+    memo.deps.mirror.report_to(memo.deps.emitter)  # a refused row: a Warning Event on its object
     memo.deps.mirror.start(list_objects, full_resync_every=config.reconcile_interval)
     memo.sweeper = Sweeper(memo.deps, memo.namespaces)
     memo.pod_arrivals = PodArrivals(memo.deps)

@@ -158,15 +158,23 @@ class Mirror:
     """The mirror tables of one database. Methods raise SQLAlchemy errors on
     an outage; `MirrorService` is the forgiving face for the handlers."""
 
-    def __init__(self, url: str | URL, *, connect_timeout: int = 3, statement_timeout_ms: int = 15000) -> None:
+    def __init__(self, url: str | URL, *, connect_timeout: int = 3, statement_timeout_ms: int = 10000) -> None:
         self.url = normalize_url(url)
+        self.connect_timeout = max(2, connect_timeout)
+        self.statement_timeout = statement_timeout_ms / 1000
         self.engine: Engine = create_engine(
             self.url,
             pool_pre_ping=True,  # a restarted server must not cost a failed write
             pool_size=2,
             max_overflow=4,
+            pool_timeout=self.connect_timeout,  # every connection stuck on a hung server: fail, do not queue
             connect_args={
-                "connect_timeout": max(2, connect_timeout),
+                "connect_timeout": self.connect_timeout,
+                # A server that stops answering (paused, a dead link) is noticed by keepalives.
+                "keepalives": 1,
+                "keepalives_idle": 5,
+                "keepalives_interval": 2,
+                "keepalives_count": 3,
                 "options": f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={statement_timeout_ms}",
                 "application_name": "plugin-operator",
             },
@@ -174,6 +182,13 @@ class Mirror:
 
     def __repr__(self) -> str:
         return f"Mirror({safe_url(self.url)})"
+
+    @property
+    def call_timeout(self) -> float:
+        """How long one write or resync may take before the caller gives up on
+        it (client side: a paused or black-holed server answers nothing, not
+        even a statement timeout)."""
+        return self.connect_timeout + 4 * self.statement_timeout + 5
 
     def close(self) -> None:
         self.engine.dispose()

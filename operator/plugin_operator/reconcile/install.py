@@ -29,15 +29,18 @@ from plugin_operator.kube.api import INSTALLS
 from plugin_operator.reconcile.deps import Deps, Emit, Outcome, OutcomeKind, now_text
 from plugin_operator.reconcile.pods import bring_pod, restart_workloads, split_targets
 from plugin_operator.reconcile.restart import RestartTicket
-from plugin_operator.reconcile.status import install_status, write_install_status
+from plugin_operator.reconcile.status import install_status, retry_backoff, write_install_status
 from plugin_operator.staging import StagedPlugin
+from plugin_operator.testhooks import crash_point
 
 log = logging.getLogger(__name__)
 
 
-async def reconcile_install(deps: Deps, namespace: str, name: str, *, target_sha: str | None = None) -> Outcome:
-    """Bring the install's workspace to its spec (or, from an approved
-    update, to `target_sha`)."""
+async def reconcile_install(
+    deps: Deps, namespace: str, name: str, *, target_sha: str | None = None, update: str | None = None
+) -> Outcome:
+    """Bring the install's workspace to its spec (or, from the approved
+    update `update`, to `target_sha`)."""
     async with deps.lock(namespace, name):
         obj = await deps.kube.get(INSTALLS, namespace, name)
         if obj is None:
@@ -45,12 +48,14 @@ async def reconcile_install(deps: Deps, namespace: str, name: str, *, target_sha
         install = InstallView.parse(obj)
         if install.meta.deleting:
             return Outcome(message="gone")
-        outcome = await _reconcile_locked(deps, install, target_sha=target_sha)
+        outcome = await _reconcile_locked(deps, install, target_sha=target_sha, update=update)
     metrics.INSTALLS.labels(outcome.kind.value).inc()
     return outcome
 
 
-async def _reconcile_locked(deps: Deps, install: InstallView, *, target_sha: str | None) -> Outcome:
+async def _reconcile_locked(
+    deps: Deps, install: InstallView, *, target_sha: str | None, update: str | None = None
+) -> Outcome:
     emit = deps.emitter(install.body)
     try:
         spec = parse_install_spec(install.spec, allow_unpinned=deps.settings.allow_unpinned)
@@ -68,7 +73,7 @@ async def _reconcile_locked(deps: Deps, install: InstallView, *, target_sha: str
         )
         return await stalled(deps, install, conflict, spec=spec)
     async with deps.restarter.working((install.meta.namespace, spec.workspace)) as ticket:
-        return await _bring_workspace(deps, install, spec, emit, ticket, target_sha=target_sha)
+        return await _bring_workspace(deps, install, spec, emit, ticket, target_sha=target_sha, update=update)
 
 
 async def resolve_install_target(deps: Deps, spec: InstallSpec, emit: Emit) -> tuple[str | None, str | None]:
@@ -103,18 +108,43 @@ async def claim_winner(deps: Deps, install: InstallView, spec: InstallSpec) -> s
     return min(claims)[1] if claims else install.meta.name
 
 
+def recorded_target(install: InstallView, spec: InstallSpec) -> tuple[str, str | None] | None:
+    """(sha, update) of the intent recorded before pods were touched (design
+    §5), if it is for the spec's source: a restarted operator continues
+    forward to it, never back to installedSHA."""
+    prev = install.status
+    if prev.target_sha and prev.target_source == spec.source.normalized:
+        return prev.target_sha, prev.target_update
+    return None
+
+
+NO_TARGET: dict[str, str | None] = {"targetSHA": None, "targetDigest": None, "targetSource": None, "targetUpdate": None}
+
+
 async def _bring_workspace(
-    deps: Deps, install: InstallView, spec: InstallSpec, emit: Emit, ticket: RestartTicket, *, target_sha: str | None
+    deps: Deps,
+    install: InstallView,
+    spec: InstallSpec,
+    emit: Emit,
+    ticket: RestartTicket,
+    *,
+    target_sha: str | None,
+    update: str | None = None,
 ) -> Outcome:
-    """Resolve, stage, deliver to every target pod, restart, record."""
+    """Resolve, stage, record the intent, deliver to every target pod,
+    restart, record."""
     namespace, prev = install.meta.namespace, install.status
     at = now_text()
     sha: str | None
     ref: str | None
+    recorded = recorded_target(install, spec)
     try:
         same_source = prev.source_normalized == spec.source.normalized and prev.installed_digest
         if target_sha is not None:
             sha, ref = target_sha, prev.resolved_ref
+        elif recorded is not None:
+            # A crash (or a failure) after the intent was written: forward.
+            (sha, update), ref = recorded, prev.resolved_ref
         elif same_source:
             sha, ref = prev.installed_sha, prev.resolved_ref
         else:
@@ -125,6 +155,20 @@ async def _bring_workspace(
         return await stalled(deps, install, exc, spec=spec)
 
     want = Marker(source=spec.source.normalized, sha=sha, digest=staged.digest)
+    changed = (prev.installed_sha, prev.installed_digest) != (sha, staged.digest)
+    point = "apply" if update else "install"
+    intent = {
+        "targetSHA": sha,
+        "targetDigest": staged.digest,
+        "targetSource": spec.source.normalized,
+        "targetUpdate": update,
+    }
+    if changed and sha is not None and any(prev.carried.get(k) != v for k, v in intent.items()):
+        # The intent, written (by the one status writer) before any pod is
+        # touched: after a crash the restarted operator reads it and goes on
+        # to this commit; a pod that took it never goes back.
+        install = await _record_intent(deps, install, intent)
+        crash_point(f"{point}-after-intent")
     payload_cache: list[tuple[bytes, int]] = []
 
     def payload() -> tuple[bytes, int]:
@@ -136,11 +180,15 @@ async def _bring_workspace(
     plans = [plan_pod(p, spec.container) for p in pods]
     targets, notes = split_targets(plans, deps.settings)
     results = list(
-        await asyncio.gather(*(bring_pod(deps.executor, namespace, p, spec.plugin, want, payload) for p in targets))
+        await asyncio.gather(
+            *(
+                bring_pod(deps.executor, namespace, p, spec.plugin, want, payload, crash=f"{point}-after-first-pod")
+                for p in targets
+            )
+        )
     )
     failed = [r for r in results if r.error]  # only pods written to count
     delivered = [r for r in results if r.delivered]
-    changed = (prev.installed_sha, prev.installed_digest) != (sha, staged.digest)
     skipped = [p for p in plans if p not in targets]
     pods_status = pod_entries(results, skipped, prev, at)
     base = _installed_fields(spec, staged, sha, ref)
@@ -153,6 +201,8 @@ async def _bring_workspace(
             cond.Condition("Stalled", False, reason, "retrying"),
         ]
         kept = {k: prev.carried.get(k) for k in ("installedSHA", "installedDigest", "installedAt", "installedSkills")}
+        # The intent stays recorded (install.status carries it): the next
+        # attempt, or a restarted operator, continues forward to it.
         status = install_status(install, conditions, **{**base, **kept, "pods": pods_status})
         await write_install_status(deps, install, status)
         return Outcome(retry_after=15, message=message, kind=OutcomeKind.failed)
@@ -163,6 +213,8 @@ async def _bring_workspace(
             DeliveryFailed.reason, f"{len(failed)} of {len(results)} pod(s) did not take {_label(spec, sha)}: {detail}"
         )
 
+    if delivered:
+        crash_point(f"{point}-after-swap")
     restart_note = ""
     if changed and spec.restart == "Rollout" and results:
         try:
@@ -186,9 +238,18 @@ async def _bring_workspace(
         **base,
         installedAt=at if changed or not prev.installed_at else prev.installed_at,
         pods=pods_status,
+        **NO_TARGET,
     )
     await write_install_status(deps, install, status)
     return Outcome(message=message, kind=OutcomeKind.installed if delivered or changed else OutcomeKind.current)
+
+
+async def _record_intent(deps: Deps, install: InstallView, intent: dict[str, Any]) -> InstallView:
+    """Write status.target* (everything else carried as it is) and return the
+    install as written, so later writes of this pass carry the intent."""
+    status = install_status(install, [], **intent)
+    await write_install_status(deps, install, status)
+    return InstallView.parse({**install.body, "status": status})
 
 
 def _label(spec: InstallSpec, sha: str | None) -> str:
@@ -222,4 +283,11 @@ async def stalled(deps: Deps, install: InstallView, exc: PluginError, *, spec: I
     metrics.ERRORS.labels(exc.reason).inc()
     if exc.permanent:
         return Outcome(message=exc.message, kind=OutcomeKind.stalled)
-    return Outcome(retry_after=30, message=exc.message, kind=OutcomeKind.failed)
+    delay, attempt = retry_backoff(install.meta.namespace, install.meta.name, exc.reason)
+    before = install.status.condition("Stalled")
+    if install.status.installed_digest and (before is None or before.reason != exc.reason):
+        # Installed=False said it already on a first install; an installed
+        # plugin's trouble (e.g. the operator's disk full while staging an
+        # update) is said once per new reason, not only in a log line.
+        deps.emitter(install.body)("Warning", exc.reason, f"{exc.message} (retry {attempt} in {delay:.0f}s)")
+    return Outcome(retry_after=delay, message=exc.message, kind=OutcomeKind.failed)

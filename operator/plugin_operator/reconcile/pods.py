@@ -17,6 +17,7 @@ from plugin_operator.domain.objects import ObjectMeta
 from plugin_operator.domain.pods import PodPlan, owner_of
 from plugin_operator.kube.api import Kube
 from plugin_operator.reconcile.restart import RestartTicket
+from plugin_operator.testhooks import crash_point
 
 
 def target_of(namespace: str, plan: PodPlan) -> PodTarget:
@@ -31,8 +32,11 @@ async def bring_pod(
     plugin: str,
     want: Marker,
     payload: Callable[[], tuple[bytes, int]],
+    *,
+    crash: str | None = None,
 ) -> PodResult:
-    """Read the pod's marker; write the plugin only when it differs."""
+    """Read the pod's marker; write the plugin only when it differs.
+    (`crash`: a test-only crash point reached after the write, testhooks.)"""
     target = target_of(namespace, plan)
     try:
         have = await delivery.read_installed(executor, target, plugin)
@@ -40,6 +44,8 @@ async def bring_pod(
             return PodResult(plan, have)
         data, files = payload()
         await delivery.install(executor, target, plugin, data, files)
+        if crash:
+            crash_point(crash)
         return PodResult(plan, want, delivered=True)
     except DeliveryFailed as exc:
         return PodResult(plan, error=exc.message)

@@ -8,6 +8,7 @@ through `write_install_status`; see docs/architecture.md for who writes what.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -99,3 +100,25 @@ async def write_update_status(
 async def write_update_fields(deps: Deps, update: UpdateView, fields: Mapping[str, Any]) -> None:
     """A partial write (observedRetry, recorded before a retry)."""
     await deps.kube.patch_status(UPDATES, update.meta.namespace, update.meta.name, fields)
+
+
+# -- backoff of temporary failures ------------------------------------------------
+
+_RETRY_FIRST, _RETRY_CAP = 5.0, 300.0
+_failing: dict[tuple[str, str, str], tuple[int, float]] = {}  # (ns, name, reason) -> (attempts, last)
+
+
+def retry_backoff(namespace: str, name: str, reason: str) -> tuple[float, int]:
+    """(delay, attempt) of the next retry of an install failing again with a
+    temporary `reason` (StagingFailed, GitUnavailable …): 5 s, 10 s, 20 s …
+    capped at 5 min; a failure long after the previous one starts over."""
+    key, now = (namespace, name, reason), time.monotonic()
+    attempts, last = _failing.get(key, (0, now))
+    if now - last > 2 * _RETRY_CAP:
+        attempts = 0
+    attempts += 1
+    _failing[key] = (attempts, now)
+    if len(_failing) > 10_000:  # forget the oldest: a bound, not a cache
+        for old in sorted(_failing, key=lambda k: _failing[k][1])[:1000]:
+            del _failing[old]
+    return min(_RETRY_FIRST * 2 ** (attempts - 1), _RETRY_CAP), attempts

@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from plugin_operator import GROUP, VERSION, metrics
@@ -35,6 +35,7 @@ from plugin_operator.reconcile.status import (
     write_update_status,
 )
 from plugin_operator.reconcile.update import NO_PENDING, reject
+from plugin_operator.testhooks import crash_point
 
 log = logging.getLogger(__name__)
 INSTALL_LABEL = f"{GROUP}/plugin-install"
@@ -86,13 +87,24 @@ class Sweeper:
     due, so one sweep over every install happens about every
     DRIFT_SWEEP_INTERVAL (jittered ±10%) whatever the number of installs, and
     each makes one `git ls-remote` per repository. The sweep runs in its own
-    task, so deleting the install whose timer started it does not cut it short."""
+    task, so deleting the install whose timer started it does not cut it short.
 
-    def __init__(self, deps: Deps, namespaces: Sequence[str]) -> None:
+    A sweep lost to a blip (the LIST of installs failing: apiserver restarted,
+    etcd stalled, a timeout) is tried again in the same task after 5 s, 10 s,
+    20 s … capped at `RETRY_CAP` (and at a tenth of the interval), not a whole
+    interval later; each failure counts in
+    `plugin_operator_errors_total{reason="SweepFailed"}`."""
+
+    RETRY_FIRST = 5.0
+    RETRY_CAP = 120.0
+
+    def __init__(self, deps: Deps, namespaces: Sequence[str], *, retry_first: float | None = None) -> None:
         self._deps = deps
         self._scopes: list[str | None] = [*namespaces] or [None]
         self._due = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._retry_first = self.RETRY_FIRST if retry_first is None else retry_first
+        self.failures = 0  # consecutive failed attempts of the current sweep
 
     def kick(self) -> None:
         now = time.monotonic()
@@ -101,7 +113,26 @@ class Sweeper:
         self._due = now + self._deps.settings.drift_sweep_interval * random.uniform(0.9, 1.1)
         self._task = asyncio.get_running_loop().create_task(self._sweep_all(), name="drift-sweep")
 
+    def retry_delays(self) -> Iterator[float]:
+        """5 s, 10 s, 20 s … capped well below the sweep interval."""
+        cap = max(self._retry_first, min(self.RETRY_CAP, self._deps.settings.drift_sweep_interval / 10))
+        delay = self._retry_first
+        while True:
+            yield min(delay, cap)
+            delay *= 2
+
     async def _sweep_all(self) -> None:
+        delays = self.retry_delays()
+        while not await self._sweep_once():
+            self.failures += 1
+            metrics.ERRORS.labels("SweepFailed").inc()
+            delay = next(delays)
+            log.warning("drift sweep failed (attempt %d); retrying in %.0fs", self.failures, delay)
+            await asyncio.sleep(delay)
+        self.failures = 0
+
+    async def _sweep_once(self) -> bool:
+        """One attempt; False when it should be tried again soon."""
         try:
             installs: list[dict[str, Any]] = []
             for namespace in self._scopes:
@@ -112,8 +143,12 @@ class Sweeper:
             log.info(
                 "drift sweep: %(installs)d installs, %(repositories)d repositories, %(git_calls)d git calls", counts
             )
+        except asyncio.CancelledError:
+            raise
         except Exception:
-            log.exception("drift sweep failed; next one as scheduled")
+            log.exception("drift sweep attempt failed")
+            return False
+        return True
 
     async def close(self) -> None:
         if self._task is not None:
@@ -212,6 +247,10 @@ async def check_install(deps: Deps, namespace: str, name: str, table: RefTable |
                 unknown = cond.Condition(
                     "UpToDate", None, exc.reason, f"cannot stage {upstream.sha[:12]}: {exc.message}"
                 )
+                before = prev.condition("UpToDate")
+                if before is None or before.reason != exc.reason:  # e.g. the staging disk full: said, not only logged
+                    deps.emitter(install.body)("Warning", exc.reason, unknown.message)
+                metrics.ERRORS.labels(exc.reason).inc()
                 await write_install_status(deps, install, install_status(install, [unknown], **resolved))
                 return
             if candidate.digest == prev.installed_digest:
@@ -301,6 +340,7 @@ async def _propose(
             )
     # Supersede first, then record, then create: never two pending.
     await _supersede(deps, updates, name, f"upstream moved again to {to_sha[:12]}")
+    crash_point("propose-after-supersede")  # test-only (testhooks)
     if blocked is not None:
         before = prev.condition("UpToDate")
         said = f"{decision.message}; {blocked}"
@@ -318,6 +358,7 @@ async def _propose(
         "trackedRef": spec.track.normalized,
     }
     await write_install_status(deps, install, install_status(install, [condition], **record, **resolved))
+    crash_point("propose-after-record")  # test-only (testhooks)
     automatic = spec.update_policy == "Automatic" and not decision.rewritten
     if existing is not None:
         if existing.state == UpdateState.Superseded:  # proposed again (upstream came back to it)

@@ -94,7 +94,7 @@ async def reconcile_update(deps: Deps, namespace: str, name: str) -> Outcome:
     update = await write_update_status(
         deps, update, UpdateState.Applying, f"installing {to_short}", extra={"attempts": attempts}
     )
-    outcome = await reconcile_install(deps, namespace, install_name, target_sha=to_sha)
+    outcome = await reconcile_install(deps, namespace, install_name, target_sha=to_sha, update=name)
     after = await deps.kube.get(INSTALLS, namespace, install_name)
     if after is None or InstallView.parse(after).status.installed_sha != to_sha:
         delay = min(300.0, 10.0 * 2 ** min(attempts - 1, 5))
