@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-_HERE = Path(__file__).parent
-_tried: set[str] = set()
-_survived: set[str] = set()
+from tests.fixtures.tally import Tally
+
+_TALLY = Tally(Path(__file__).parent)
 _violations: list[str] = []
 _lost = [0]
 
@@ -58,22 +58,12 @@ def invariants(request: pytest.FixtureRequest) -> Iterator[Invariants]:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    path = Path(str(report.fspath)).resolve()
-    if _HERE not in path.parents and path.parent != _HERE:
-        return
-    if report.when == "call" or (report.when == "setup" and not report.passed):
-        _tried.add(report.nodeid)
-        if report.passed and report.when == "call":
-            _survived.add(report.nodeid)
-        else:
-            _survived.discard(report.nodeid)
-    elif report.when == "teardown" and not report.passed:
-        _survived.discard(report.nodeid)
+    _TALLY.record(report)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _tried:
+    if _TALLY.tried:
         terminalreporter.write_line(
-            f"RESULT faults={len(_tried)} survived={len(_survived)} "
+            f"RESULT faults={len(_TALLY.tried)} survived={len(_TALLY.held)} "
             f"invariant_violations={len(_violations)} records_lost={_lost[0]}"
         )

@@ -14,29 +14,15 @@ from pathlib import Path
 
 import pytest
 
-_HERE = Path(__file__).parent
-_tried: set[str] = set()
-_held: set[str] = set()
+from tests.fixtures.tally import Tally
 
-
-def _is_hostile(nodeid: str, path: Path) -> bool:
-    return _HERE in path.parents or path.parent == _HERE
+_TALLY = Tally(Path(__file__).parent)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    path = Path(str(report.fspath)).resolve()
-    if not _is_hostile(report.nodeid, path):
-        return
-    if report.when == "call" or (report.when == "setup" and not report.passed):
-        _tried.add(report.nodeid)
-        if report.passed and report.when == "call":
-            _held.add(report.nodeid)
-        else:
-            _held.discard(report.nodeid)
-    elif report.when == "teardown" and not report.passed:
-        _held.discard(report.nodeid)
+    _TALLY.record(report)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _tried:
-        terminalreporter.write_line(f"RESULT hostile_inputs={len(_tried)} handled={len(_held)}")
+    if _TALLY.tried:
+        terminalreporter.write_line(f"RESULT hostile_inputs={len(_TALLY.tried)} handled={len(_TALLY.held)}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import random
 import time
@@ -227,16 +228,17 @@ async def check_install(deps: Deps, namespace: str, name: str, table: RefTable |
             return
         updates = await _updates_of(deps, namespace, name)
         dismissed = [u.spec.to_sha for u in updates if u.state == UpdateState.Dismissed]
-        last_upstream = prev.upstream_sha
-        decision = drift.decide(
+        decide = functools.partial(
+            drift.decide,
             spec.track,
             installed_sha,
             upstream,
             table,
             dismissed,
             installed_ref=installed_ref,
-            last_upstream=last_upstream,
+            last_upstream=prev.upstream_sha,
         )
+        decision = decide()
         resolved = {"upstreamSHA": upstream.sha, "lastResolvedAt": at}
 
         if decision.kind == "propose":
@@ -261,16 +263,7 @@ async def check_install(deps: Deps, namespace: str, name: str, table: RefTable |
                 if drift.needs_ancestry(spec.track, installed_sha, upstream):
                     assert installed_sha is not None
                     contains = await deps.resolver.ancestry.contains(spec.source, upstream.sha, installed_sha)
-                    decision = drift.decide(
-                        spec.track,
-                        installed_sha,
-                        upstream,
-                        table,
-                        dismissed,
-                        installed_ref=installed_ref,
-                        last_upstream=last_upstream,
-                        contains=contains,
-                    )
+                    decision = decide(contains=contains)
                 if decision.kind == "propose":
                     emit = deps.emitter(install.body)
                     await _propose(deps, install, spec, updates, upstream, candidate.digest, decision, emit)
